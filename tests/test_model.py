@@ -1,0 +1,246 @@
+"""The VLBERT meta-architecture end to end on the tiny config: losses, gradients, freezing,
+inference outputs, the res5 head's geometry and the VCR head's losses."""
+from types import SimpleNamespace
+
+import pytest
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from detectron2.layers import FrozenBatchNorm2d
+from detectron2.modeling import build_model
+
+from vlbert_d2.data import VCRDatasetMapper
+from vlbert_d2.modeling import VLBERT
+from vlbert_d2.modeling.heads import VCRHead
+
+
+def _map(cfg, dicts, is_train):
+    mapper = VCRDatasetMapper(cfg, is_train)
+    return [mapper(d) for d in dicts]
+
+
+def _build(cfg):
+    torch.manual_seed(0)
+    return build_model(cfg)
+
+
+def _grad_norm(param):
+    return 0.0 if param.grad is None else param.grad.abs().sum().item()
+
+
+@pytest.fixture
+def train_inputs(tiny_cfg, synthetic_dicts):
+    inputs = _map(tiny_cfg, synthetic_dicts["train"][:3], True)
+    # A batch whose inputs have different numbers of RoIs exercises the RoI padding.
+    assert len({len(x["boxes"]) for x in inputs}) > 1
+    return inputs
+
+
+def test_build_model_is_vlbert(tiny_cfg):
+    model = _build(tiny_cfg)
+    assert isinstance(model, VLBERT)
+    assert len(model.vl_bert.bert.encoder.layer) == 1
+    assert model.vl_bert.bert.config.type_vocab_size == 3
+    # Visual LayerNorms start at zero (official), so the text side is BERT's at initialisation.
+    assert torch.count_nonzero(model.vl_bert.visual_ln_text.weight) == 0
+    assert torch.count_nonzero(model.vl_bert.visual_ln_object.weight) == 0
+    assert model.region_extractor.backbone.output_shape()["res4"].stride == 16
+    assert model.fusion.linear.in_features == 256 + model.region_extractor.out_channels
+    assert model.fusion.linear.out_features == 384
+    # The RoI classifier covers the training dataset's classes (ball, box, kite).
+    assert model.head.roi_classifier.out_features == 3
+
+
+def test_training_forward_and_gradients(tiny_cfg, train_inputs):
+    model = _build(tiny_cfg)
+    model.train()
+    losses = model(train_inputs)
+    assert set(losses) == {"loss_vcr", "loss_roi_cls"}
+    for v in losses.values():
+        assert v.dim() == 0 and torch.isfinite(v) and v.item() > 0
+    sum(losses.values()).backward()
+    r = model.region_extractor
+    grads = {
+        "res5": r.res5[-1].conv3.weight,
+        "backbone stem (FREEZE_AT 0)": r.backbone.stem.conv1.weight,
+        "backbone res4": r.backbone.res4[0].conv1.weight,
+        "word embeddings": model.vl_bert.word_embeddings.weight,
+        "VCR classifier": model.head.classifier[1].weight,
+        "RoI classifier": model.head.roi_classifier.weight,
+        # Zero-init LayerNorms receive gradient, so the visual features are let in by training.
+        "visual LN (text)": model.vl_bert.visual_ln_text.weight,
+        "visual LN (objects)": model.vl_bert.visual_ln_object.weight,
+        "[IMG] embedding": model.vl_bert.img_embedding,
+        "[END] embedding": model.vl_bert.end_embedding,
+    }
+    for name, p in grads.items():
+        assert _grad_norm(p) > 0, f"no gradient reaches the {name}"
+
+
+def test_gradients_through_the_transformer_path(tiny_cfg, train_inputs):
+    # With open visual LayerNorms and no RoI classification loss, the only path to the CNN is
+    # through the fusion layer and the transformer.
+    tiny_cfg.MODEL.VLBERT.VISUAL_LN_INIT = 1.0
+    tiny_cfg.MODEL.VLBERT.VCR.ROI_CLS_LOSS_WEIGHT = 0.0
+    model = _build(tiny_cfg)
+    assert model.head.roi_classifier is None
+    model.train()
+    losses = model(train_inputs)
+    assert set(losses) == {"loss_vcr"} and torch.isfinite(losses["loss_vcr"])
+    losses["loss_vcr"].backward()
+    r = model.region_extractor
+    for name, p in {"fusion linear": model.fusion.linear.weight,
+                    "res5": r.res5[0].conv2.weight,
+                    "backbone stem": r.backbone.stem.conv1.weight,
+                    "word embeddings": model.vl_bert.word_embeddings.weight,
+                    "VCR classifier": model.head.classifier[1].weight}.items():
+        assert _grad_norm(p) > 0, f"no gradient reaches the {name}"
+
+
+def test_official_freezing(tiny_cfg, train_inputs):
+    tiny_cfg.MODEL.BACKBONE.FREEZE_AT = 2
+    tiny_cfg.MODEL.RESNETS.NORM = "FrozenBN"
+    model = _build(tiny_cfg)
+    backbone = model.region_extractor.backbone
+    for stage in (backbone.stem, backbone.res2):
+        params = list(stage.parameters())
+        assert params and not any(p.requires_grad for p in params)
+    for stage in (backbone.res3, backbone.res4, model.region_extractor.res5):
+        assert all(p.requires_grad for p in stage.parameters())
+    # All BatchNorm frozen, the res5 head's included.
+    region = model.region_extractor
+    assert not any(isinstance(m, nn.modules.batchnorm._BatchNorm) for m in region.modules())
+    assert sum(isinstance(m, FrozenBatchNorm2d) for m in region.res5.modules()) >= 9
+    model.train()
+    losses = model(train_inputs)
+    sum(losses.values()).backward()
+    assert backbone.stem.conv1.weight.grad is None and backbone.res2[0].conv1.weight.grad is None
+    assert _grad_norm(backbone.res3[0].conv1.weight) > 0
+
+
+@pytest.mark.parametrize("dilation", [2, 3])
+def test_res5_head_keeps_roi_resolution(tiny_cfg, dilation):
+    tiny_cfg.MODEL.VLBERT.RES5_DILATION = dilation
+    model = _build(tiny_cfg).eval()
+    res5 = model.region_extractor.res5
+    assert len(res5) == 3
+    for block in res5:
+        for conv in (block.conv1, block.conv2, block.conv3) + ((block.shortcut,) if block.shortcut else ()):
+            assert conv.stride == (1, 1)
+        assert block.conv2.kernel_size == (3, 3)
+        assert block.conv2.dilation == (dilation, dilation)
+        assert block.conv2.padding == (dilation, dilation)
+    m = tiny_cfg.MODEL.VLBERT.POOLER_RESOLUTION
+    x = torch.randn(2, res5[0].in_channels, m, m)
+    with torch.no_grad():
+        assert res5(x).shape == (2, model.region_extractor.out_channels, m, m)
+
+
+def test_eval_forward_scores(tiny_cfg, synthetic_dicts):
+    model = _build(tiny_cfg).eval()
+    inputs = _map(tiny_cfg, synthetic_dicts["val"][:3], False)
+    with torch.no_grad():
+        outputs = model(inputs)
+    assert isinstance(outputs, list) and len(outputs) == 3
+    for out in outputs:
+        assert out["scores"].shape == (4,)
+        assert ((out["scores"] >= 0) & (out["scores"] <= 1)).all()
+        torch.testing.assert_close(out["scores"], out["logits"].sigmoid())  # "bce": per choice
+    # Deterministic in eval mode (dropout off, BN in inference mode).
+    with torch.no_grad():
+        again = model(inputs)
+    torch.testing.assert_close(again[0]["scores"], outputs[0]["scores"])
+
+
+def test_batching_does_not_change_scores(tiny_cfg, train_inputs):
+    # Inputs of one batch have different numbers of RoIs and text lengths; the padded RoI and
+    # text slots must be masked out, so an input scores the same alone or batched.
+    tiny_cfg.MODEL.VLBERT.VISUAL_LN_INIT = 1.0  # RoIs with distinct embeddings
+    model = _build(tiny_cfg).eval()
+    with torch.no_grad():
+        batched = model(train_inputs)
+        alone = [model([x])[0] for x in train_inputs]
+    for b, a in zip(batched, alone):
+        torch.testing.assert_close(b["logits"], a["logits"], rtol=1e-4, atol=1e-5)
+
+
+def test_qa2r_on_unlabelled_test_record_gives_16_scores(tiny_cfg, synthetic_dicts):
+    tiny_cfg.MODEL.VLBERT.VCR.TASK = "QA2R"
+    test_dicts = synthetic_dicts["test"][:2]
+    assert all(d["answer_label"] is None for d in test_dicts)
+    inputs = _map(tiny_cfg, test_dicts, False)
+    assert [x["input_ids"].shape[0] for x in inputs] == [16, 16]
+    assert all(x["label"] == -1 for x in inputs)
+    model = _build(tiny_cfg).eval()
+    with torch.no_grad():
+        outputs = model(inputs)
+    assert [o["scores"].shape for o in outputs] == [(16,), (16,)]
+    assert all(((o["scores"] >= 0) & (o["scores"] <= 1)).all() for o in outputs)
+
+
+def test_ce_loss_end_to_end(tiny_cfg, train_inputs):
+    tiny_cfg.MODEL.VLBERT.VCR.LOSS = "ce"
+    model = _build(tiny_cfg)
+    model.train()
+    losses = model(train_inputs)
+    assert torch.isfinite(losses["loss_vcr"])
+    losses["loss_vcr"].backward()
+    assert _grad_norm(model.head.classifier[1].weight) > 0
+    model.eval()
+    with torch.no_grad():
+        out = model(train_inputs[:1])[0]
+    torch.testing.assert_close(out["scores"].sum(), torch.tensor(1.0))  # softmax over choices
+
+
+def test_invalid_loss_name_raises(tiny_cfg):
+    tiny_cfg.MODEL.VLBERT.VCR.LOSS = "hinge"
+    with pytest.raises(ValueError, match="hinge"):
+        build_model(tiny_cfg)
+
+
+# --------------------------------------------------------------------------- VCR head alone
+def _head_inputs(logit_rows, labels):
+    """VLBertOutput/VLBertBatch stand-ins whose pooled output makes the head's logits known."""
+    pooled = torch.tensor(logit_rows, dtype=torch.float32).reshape(-1, 1)
+    outputs = SimpleNamespace(pooled=pooled)
+    batch = SimpleNamespace(num_choices=[4] * (len(logit_rows) // 4),
+                            labels=torch.tensor(labels), object_classes=torch.full((1,), -1),
+                            appearance=torch.zeros((1, 2)))
+    return outputs, batch
+
+
+def _identity_head(loss):
+    head = VCRHead(hidden_size=1, dropout=0.0, loss=loss)
+    with torch.no_grad():
+        head.classifier[1].weight.fill_(1.0)
+        head.classifier[1].bias.zero_()
+    return head
+
+
+def test_vcr_head_losses_match_definitions():
+    logits = [0.5, -1.0, 2.0, 0.0, 1.0, 1.5, -0.5, 0.3]
+    labels = [2, 1]
+    outputs, batch = _head_inputs(logits, labels)
+    x = torch.tensor(logits).view(2, 4)
+    bce = _identity_head("bce").train()(outputs, batch)["loss_vcr"]
+    target = F.one_hot(torch.tensor(labels), 4).float()
+    # Official scaling: mean over the choices times their number.
+    torch.testing.assert_close(bce, F.binary_cross_entropy_with_logits(x, target) * 4)
+    ce = _identity_head("ce").train()(outputs, batch)["loss_vcr"]
+    torch.testing.assert_close(ce, F.cross_entropy(x, torch.tensor(labels)))
+    with torch.no_grad():
+        res = _identity_head("ce").eval()(outputs, batch)
+    torch.testing.assert_close(res[1]["scores"], x[1].softmax(-1))
+
+
+def test_vcr_head_rejects_bad_training_batches():
+    head = _identity_head("bce").train()
+    with pytest.raises(ValueError, match="label"):
+        head(*_head_inputs([0.0] * 4, [-1]))
+    outputs, batch = _head_inputs([0.0] * 8, [0, 0])
+    batch.num_choices = [3, 5]
+    with pytest.raises(ValueError, match="same number of choices"):
+        head(outputs, batch)
+    with pytest.raises(ValueError, match="'hinge'"):
+        VCRHead(hidden_size=4, loss="hinge")

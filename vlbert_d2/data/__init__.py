@@ -1,0 +1,76 @@
+"""Data: dataset registrations, mappers and the synthetic data generator.
+
+Datasets are registered here, explicitly, from the table below; the root is
+``$DETECTRON2_DATASETS`` (default ``./datasets``), as in detectron2.
+"""
+import os
+
+from detectron2.data import DatasetCatalog
+
+from .datasets import register_vcr
+from .synthetic import SHAPES as SYNTHETIC_CLASSES
+from .vcr_mapper import VCRDatasetMapper
+
+# (name, directory under the datasets root, split, object classes or None for VCR's)
+_VCR_DATASETS = [
+    ("vcr_train", "vcr", "train", None),
+    ("vcr_val", "vcr", "val", None),
+    ("vcr_test", "vcr", "test", None),
+    ("synthetic_vcr_train", "synthetic_vcr", "train", SYNTHETIC_CLASSES),
+    ("synthetic_vcr_val", "synthetic_vcr", "val", SYNTHETIC_CLASSES),
+    ("synthetic_vcr_test", "synthetic_vcr", "test", SYNTHETIC_CLASSES),
+    # The demo's data: only "which object is the biggest?" questions (see the README).
+    ("synthetic_vcr_size_train", "synthetic_vcr_size", "train", SYNTHETIC_CLASSES),
+    ("synthetic_vcr_size_val", "synthetic_vcr_size", "val", SYNTHETIC_CLASSES),
+    ("synthetic_vcr_size_test", "synthetic_vcr_size", "test", SYNTHETIC_CLASSES),
+]
+
+
+# Which mapper formats a task's inputs, by head (MODEL.VLBERT.HEAD).
+_MAPPERS = {"VCRHead": VCRDatasetMapper}
+
+
+def build_vlbert_mapper(cfg, is_train):
+    """The dataset mapper of the task whose head the config names."""
+    head = cfg.MODEL.VLBERT.HEAD
+    if head not in _MAPPERS:
+        raise KeyError(f"no dataset mapper for MODEL.VLBERT.HEAD={head!r}; known: {sorted(_MAPPERS)}")
+    return _MAPPERS[head](cfg, is_train)
+
+
+def check_datasets(names):
+    """Raise FileNotFoundError naming every missing file of the registered datasets ``names``
+    (those whose metadata records ``json_file``/``image_root``), and where to read how to get
+    them. Cheap: only checks that the paths exist, so it can run before building a model."""
+    from detectron2.data import MetadataCatalog
+
+    missing = []
+    for name in names:
+        meta = MetadataCatalog.get(name)
+        for key in ("json_file", "image_root"):
+            path = meta.get(key, None)
+            if path is not None and not os.path.exists(path) and path not in missing:
+                missing.append(path)
+    if missing:
+        raise FileNotFoundError(
+            "Missing dataset files:\n  " + "\n  ".join(missing) + "\nSee datasets/README.md for how "
+            "to download and lay out the data (or set DETECTRON2_DATASETS to the folder holding it).")
+
+
+def datasets_root():
+    return os.path.expanduser(os.getenv("DETECTRON2_DATASETS", "datasets"))
+
+
+def register_all(root=None):
+    """Register every dataset of the table under ``root`` (idempotent)."""
+    root = datasets_root() if root is None else root
+    for name, folder, split, classes in _VCR_DATASETS:
+        if name in DatasetCatalog.list():
+            continue
+        kwargs = {} if classes is None else {"class_names": list(classes)}
+        register_vcr(name, os.path.join(root, folder), split, **kwargs)
+
+
+register_all()
+
+__all__ = ["VCRDatasetMapper", "check_datasets", "build_vlbert_mapper", "register_all", "datasets_root", "SYNTHETIC_CLASSES"]

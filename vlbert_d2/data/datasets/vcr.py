@@ -1,0 +1,202 @@
+"""Visual Commonsense Reasoning (Zellers et al., 2019) in its official layout.
+
+::
+
+    <root>/train.jsonl, val.jsonl, test.jsonl     one annotation per line
+    <root>/vcr1images/<movie>/<image>.jpg         the images (``img_fn``)
+    <root>/vcr1images/<movie>/<image>.json        their metadata (``metadata_fn``): ``boxes``
+                                                  [x1, y1, x2, y2, score], ``segms`` (polygons),
+                                                  ``width``, ``height``
+
+Each line: ``question``, ``answer_choices``, ``rationale_choices`` (token lists whose tokens are
+words or lists of object indices), ``answer_label``, ``rationale_label`` (absent in test),
+``objects`` (class names), ``img_fn``, ``metadata_fn``, ``annot_id``.
+"""
+import json
+import logging
+import os
+
+from detectron2.data import DatasetCatalog, MetadataCatalog
+from detectron2.data.datasets.builtin_meta import COCO_CATEGORIES
+
+logger = logging.getLogger(__name__)
+
+# VCR's objects are named with the COCO thing classes.
+VCR_CLASSES = [c["name"] for c in COCO_CATEGORIES if c["isthing"]]
+NUM_CHOICES = 4
+_REQUIRED = ("question", "answer_choices", "rationale_choices", "objects", "img_fn",
+             "metadata_fn", "annot_id")
+
+
+class VCRFormatError(ValueError):
+    """An annotation that does not follow the VCR format; the message names file, line, field."""
+
+
+def _check_tokens(tokens, num_objects, where, field):
+    if not isinstance(tokens, list):
+        raise VCRFormatError(f"{where}: field '{field}' must be a list of tokens, got {type(tokens).__name__}")
+    for token in tokens:
+        if isinstance(token, str):
+            continue
+        if not isinstance(token, list) or not token or not all(isinstance(i, int) for i in token):
+            raise VCRFormatError(f"{where}: field '{field}' has token {token!r}; a token is a "
+                                 "word or a non-empty list of object indices")
+        for i in token:
+            if not 0 <= i < num_objects:
+                raise VCRFormatError(f"{where}: field '{field}' refers to object {i} but the "
+                                     f"record has {num_objects} objects")
+
+
+def _check_label(record, field, where, required):
+    if field not in record:
+        if required:
+            raise VCRFormatError(f"{where}: missing field '{field}'")
+        return None
+    label = record[field]
+    if not isinstance(label, int) or not 0 <= label < NUM_CHOICES:
+        raise VCRFormatError(f"{where}: field '{field}' must be an integer in [0, {NUM_CHOICES}), got {label!r}")
+    return label
+
+
+def load_vcr_jsonl(jsonl_file, image_root, class_names=VCR_CLASSES, require_labels=True):
+    """Read and validate a VCR annotation file.
+
+    Args:
+        jsonl_file (str): path of ``{split}.jsonl``.
+        image_root (str): the ``vcr1images`` directory that ``img_fn``/``metadata_fn`` are
+            relative to.
+        class_names (list[str]): object class vocabulary (for the RoI classification loss).
+        require_labels (bool): every record must carry ``answer_label`` and
+            ``rationale_label`` (train and val); test records have none.
+
+    Returns:
+        list[dict]: one dataset dict per annotation, with ``file_name``, ``metadata_file``,
+        ``image_id``, ``annot_id``, ``objects``, ``object_classes``, ``question``,
+        ``answer_choices``, ``rationale_choices``, ``answer_label``, ``rationale_label``
+        (None when absent) and ``source`` ("file:line", for error messages downstream).
+
+    Raises:
+        VCRFormatError: a malformed line, a missing field, a wrong number of choices, an object
+            index out of range, an unknown class; FileNotFoundError: a missing image or
+            metadata file. Every message names the file, the line and the field.
+    """
+    class_index = {name: i for i, name in enumerate(class_names)}
+    dicts = []
+    with open(jsonl_file, encoding="utf-8") as f:
+        for lineno, line in enumerate(f, start=1):
+            where = f"{jsonl_file}:{lineno}"
+            if not line.strip():
+                raise VCRFormatError(f"{where}: empty line")
+            try:
+                record = json.loads(line)
+            except json.JSONDecodeError as e:
+                raise VCRFormatError(f"{where}: malformed JSON ({e})") from None
+            if not isinstance(record, dict):
+                raise VCRFormatError(f"{where}: a line must be a JSON object")
+            for field in _REQUIRED:
+                if field not in record:
+                    raise VCRFormatError(f"{where}: missing field '{field}'")
+            objects = record["objects"]
+            if not isinstance(objects, list) or not all(isinstance(o, str) for o in objects):
+                raise VCRFormatError(f"{where}: field 'objects' must be a list of class names")
+            classes = []
+            for i, name in enumerate(objects):
+                if name not in class_index:
+                    raise VCRFormatError(f"{where}: field 'objects[{i}]' is '{name}', not one of the "
+                                         f"{len(class_names)} known classes")
+                classes.append(class_index[name])
+            _check_tokens(record["question"], len(objects), where, "question")
+            for field in ("answer_choices", "rationale_choices"):
+                choices = record[field]
+                if not isinstance(choices, list) or len(choices) != NUM_CHOICES:
+                    n = len(choices) if isinstance(choices, list) else type(choices).__name__
+                    raise VCRFormatError(f"{where}: field '{field}' must hold {NUM_CHOICES} choices, got {n}")
+                for k, choice in enumerate(choices):
+                    _check_tokens(choice, len(objects), where, f"{field}[{k}]")
+            answer_label = _check_label(record, "answer_label", where, require_labels)
+            rationale_label = _check_label(record, "rationale_label", where, require_labels)
+            paths = {}
+            for field in ("img_fn", "metadata_fn"):
+                path = os.path.join(image_root, record[field])
+                if not os.path.isfile(path):
+                    raise FileNotFoundError(f"{where}: field '{field}': file not found: {path}")
+                paths[field] = path
+            dicts.append({
+                "file_name": paths["img_fn"],
+                "metadata_file": paths["metadata_fn"],
+                "image_id": record["annot_id"],
+                "annot_id": record["annot_id"],
+                "objects": objects,
+                "object_classes": classes,
+                "question": record["question"],
+                "answer_choices": record["answer_choices"],
+                "rationale_choices": record["rationale_choices"],
+                "answer_label": answer_label,
+                "rationale_label": rationale_label,
+                "source": where,
+            })
+    logger.info("Loaded %d VCR annotations from %s", len(dicts), jsonl_file)
+    return dicts
+
+
+def load_vcr_metadata(path, num_objects, source):
+    """Read an image's metadata JSON and check it against its annotation.
+
+    Returns:
+        dict with ``boxes`` (list of [x1, y1, x2, y2]), ``segms`` (per object, a list of
+        polygons as flat [x0, y0, x1, y1, ...] lists; empty when absent), ``width``, ``height``.
+    """
+    try:
+        with open(path, encoding="utf-8") as f:
+            meta = json.load(f)
+    except FileNotFoundError:
+        raise FileNotFoundError(f"{source}: field 'metadata_fn': file not found: {path}") from None
+    except json.JSONDecodeError as e:
+        raise VCRFormatError(f"{path}: malformed JSON ({e}) (metadata of {source})") from None
+    for field in ("boxes", "width", "height"):
+        if field not in meta:
+            raise VCRFormatError(f"{path}: missing field '{field}' (metadata of {source})")
+    boxes = meta["boxes"]
+    if len(boxes) != num_objects:
+        raise VCRFormatError(f"{path}: field 'boxes' has {len(boxes)} entries but {source} "
+                             f"lists {num_objects} objects")
+    for i, box in enumerate(boxes):
+        if len(box) < 4:
+            raise VCRFormatError(f"{path}: field 'boxes[{i}]' must be [x1, y1, x2, y2, score]")
+    segms = meta.get("segms") or [[] for _ in boxes]
+    if len(segms) != num_objects:
+        raise VCRFormatError(f"{path}: field 'segms' has {len(segms)} entries but {source} "
+                             f"lists {num_objects} objects")
+    polygons = []
+    for i, obj in enumerate(segms):
+        try:
+            polygons.append([[float(v) for point in poly for v in point] for poly in obj
+                             if len(poly) >= 3])
+        except (TypeError, ValueError):
+            raise VCRFormatError(f"{path}: field 'segms[{i}]' must be a list of polygons of "
+                                 "[x, y] points") from None
+    return {"boxes": [[float(v) for v in b[:4]] for b in boxes], "segms": polygons,
+            "width": int(meta["width"]), "height": int(meta["height"])}
+
+
+def register_vcr(name, root, split, class_names=VCR_CLASSES, evaluator_type="vcr"):
+    """Register one split of a VCR-format dataset under ``name``.
+
+    Loading is lazy (detectron2's DatasetCatalog); a missing file gives an error that names it
+    and points to ``datasets/README.md``.
+    """
+    jsonl = os.path.join(root, f"{split}.jsonl")
+    image_root = os.path.join(root, "vcr1images")
+
+    def load():
+        missing = [p for p in (jsonl, image_root) if not os.path.exists(p)]
+        if missing:
+            raise FileNotFoundError(
+                f"Dataset '{name}' is missing {', '.join(missing)}. See datasets/README.md for "
+                "how to download VCR and lay it out (or set DETECTRON2_DATASETS to the folder "
+                "that holds vcr/).")
+        return load_vcr_jsonl(jsonl, image_root, class_names, require_labels=split != "test")
+
+    DatasetCatalog.register(name, load)
+    MetadataCatalog.get(name).set(json_file=jsonl, image_root=image_root, split=split,
+                                  thing_classes=list(class_names), evaluator_type=evaluator_type)

@@ -1,0 +1,218 @@
+"""Turns a VCR dataset dict into the VLBERT model's input (paper Figure 2 (a)).
+
+Q->A: ``[CLS] question [SEP] answer_k [SEP]`` for the 4 answers; QA->R: ``[CLS] question
+answer [SEP] rationale_k [SEP]`` for the 4 rationales, with the correct answer (or, on the test
+set where it is unknown, each of the 4 answers in turn: 16 sequences). Object references become
+the class name (persons get gender-neutral names, as in R2C and the official VL-BERT) and each of
+their word pieces carries the visual feature of that RoI; other tokens carry the whole image's.
+"""
+import copy
+import logging
+
+import numpy as np
+import torch
+
+from detectron2.config import configurable
+from detectron2.data import detection_utils as utils
+from detectron2.data import transforms as T
+from detectron2.structures import PolygonMasks
+
+from ..modeling.bert import build_tokenizer
+from .datasets.vcr import load_vcr_metadata
+
+logger = logging.getLogger(__name__)
+
+# The names R2C (and after it the official VL-BERT) give to "person" objects, by object index.
+GENDER_NEUTRAL_NAMES = ["Casey", "Riley", "Jessie", "Jackie", "Avery", "Jaime", "Peyton", "Kerry",
+                        "Jody", "Kendall", "Peyton", "Skyler", "Frankie", "Pat", "Quinn"]
+WHOLE_IMAGE = 0  # RoI index of the whole image; object i is RoI i + 1
+
+
+def object_name(objects, index):
+    if objects[index] == "person":
+        return GENDER_NEUTRAL_NAMES[index % len(GENDER_NEUTRAL_NAMES)]
+    return objects[index]
+
+
+def tokenize_vcr(tokens, objects, tokenize):
+    """Word pieces of a VCR token list and the RoI each piece is grounded to.
+
+    Args:
+        tokens (list): words, or lists of object indices (``[1, 3]`` -> "name1 and name3").
+        objects (list[str]): class names of the objects.
+        tokenize (callable): word -> list of word pieces.
+
+    Returns:
+        (list[str], list[int]): the pieces and their RoI indices (0 = whole image).
+    """
+    pieces, tags = [], []
+    for token in tokens:
+        if isinstance(token, str):
+            words = [(token, WHOLE_IMAGE)]
+        else:
+            words = []
+            for j, index in enumerate(token):
+                if j > 0:
+                    words.append(("and" if j == len(token) - 1 else ",", WHOLE_IMAGE))
+                words.append((object_name(objects, index), index + 1))
+        for word, tag in words:
+            p = tokenize(word)
+            pieces.extend(p)
+            tags.extend([tag] * len(p))
+    return pieces, tags
+
+
+def truncate_pair(a, b, max_len):
+    """Drop pieces from the end of the longer of two (pieces, tags) pairs until they fit."""
+    a, b = (list(a[0]), list(a[1])), (list(b[0]), list(b[1]))
+    while len(a[0]) + len(b[0]) > max_len:
+        longer = a if len(a[0]) > len(b[0]) else b
+        longer[0].pop()
+        longer[1].pop()
+    return a, b
+
+
+class VCRDatasetMapper:
+    """Callable: VCR dataset dict -> model input dict (see :class:`VLBERT`)."""
+
+    @configurable
+    def __init__(self, is_train, *, tokenizer, augmentations, image_format, task, max_text_len,
+                 mask_size=14, use_masks=True):
+        """
+        Args:
+            is_train (bool): training (the label is required) or inference.
+            tokenizer: a BERT WordPiece tokenizer.
+            augmentations (list[Augmentation]): applied to the image, boxes and polygons.
+            image_format (str): e.g. "BGR".
+            task (str): "Q2A" or "QA2R".
+            max_text_len (int): maximum length of a sequence, [CLS] and [SEP]s included.
+            mask_size (int): side of the instance masks (the RoIAlign resolution).
+            use_masks (bool): produce instance masks from the polygons.
+        """
+        if task not in ("Q2A", "QA2R"):
+            raise ValueError(f"VCR task must be 'Q2A' or 'QA2R', got {task!r}")
+        self.is_train = is_train
+        self.tokenizer = tokenizer
+        self.augmentations = T.AugmentationList(augmentations)
+        self.image_format = image_format
+        self.task = task
+        self.max_text_len = max_text_len
+        self.mask_size = mask_size
+        self.use_masks = use_masks
+        self._piece_cache = {}
+
+    @classmethod
+    def from_config(cls, cfg, is_train=True):
+        if is_train:
+            sizes, max_size, style = cfg.INPUT.MIN_SIZE_TRAIN, cfg.INPUT.MAX_SIZE_TRAIN, cfg.INPUT.MIN_SIZE_TRAIN_SAMPLING
+        else:
+            sizes, max_size, style = cfg.INPUT.MIN_SIZE_TEST, cfg.INPUT.MAX_SIZE_TEST, "choice"
+        # No random flip: it would have to swap "left" and "right" in the text.
+        return {
+            "is_train": is_train,
+            "tokenizer": build_tokenizer(cfg),
+            "augmentations": [T.ResizeShortestEdge(sizes, max_size, style)],
+            "image_format": cfg.INPUT.FORMAT,
+            "task": cfg.MODEL.VLBERT.VCR.TASK,
+            "max_text_len": cfg.INPUT.MAX_TEXT_LEN,
+            "mask_size": cfg.MODEL.VLBERT.POOLER_RESOLUTION,
+            "use_masks": cfg.MODEL.VLBERT.USE_INSTANCE_MASKS,
+        }
+
+    def _tokenize(self, word):
+        pieces = self._piece_cache.get(word)
+        if pieces is None:
+            pieces = self.tokenizer.tokenize(word)
+            if len(self._piece_cache) < 100_000:
+                self._piece_cache[word] = pieces
+        return pieces
+
+    def _contexts_and_choices(self, d):
+        """The sentence-A token lists (one per conditioning), the candidate lists, the label."""
+        if self.task == "Q2A":
+            return [d["question"]], d["answer_choices"], d["answer_label"]
+        answers = ([d["answer_label"]] if d["answer_label"] is not None
+                   else range(len(d["answer_choices"])))
+        contexts = [d["question"] + d["answer_choices"][a] for a in answers]
+        return contexts, d["rationale_choices"], d["rationale_label"]
+
+    def encode_text(self, d):
+        """Token ids, segments, mask and RoI tags of every sequence of the record.
+
+        Returns:
+            dict of (K, L) LongTensors: input_ids, token_type_ids, text_mask, text_tags.
+        """
+        tok = self.tokenizer
+        contexts, choices, _ = self._contexts_and_choices(d)
+        rows = []
+        for context in contexts:
+            a = tokenize_vcr(context, d["objects"], self._tokenize)
+            for choice in choices:
+                b = tokenize_vcr(choice, d["objects"], self._tokenize)
+                a_, b_ = truncate_pair(a, b, self.max_text_len - 3)
+                pieces = [tok.cls_token] + a_[0] + [tok.sep_token] + b_[0] + [tok.sep_token]
+                tags = [WHOLE_IMAGE] + a_[1] + [WHOLE_IMAGE] + b_[1] + [WHOLE_IMAGE]
+                types = [0] * (len(a_[0]) + 2) + [1] * (len(b_[0]) + 1)
+                rows.append((tok.convert_tokens_to_ids(pieces), types, tags))
+        length = max(len(r[0]) for r in rows)
+        out = {k: torch.zeros((len(rows), length), dtype=torch.long)
+               for k in ("input_ids", "token_type_ids", "text_mask", "text_tags")}
+        for i, (ids, types, tags) in enumerate(rows):
+            n = len(ids)
+            out["input_ids"][i, :n] = torch.tensor(ids)
+            out["token_type_ids"][i, :n] = torch.tensor(types)
+            out["text_mask"][i, :n] = 1
+            out["text_tags"][i, :n] = torch.tensor(tags)
+        return out
+
+    def __call__(self, dataset_dict):
+        d = copy.copy(dataset_dict)
+        meta = load_vcr_metadata(d["metadata_file"], len(d["objects"]), d["source"])
+        try:
+            image = utils.read_image(d["file_name"], format=self.image_format)
+        except FileNotFoundError:
+            raise FileNotFoundError(f"{d['source']}: field 'img_fn': file not found: {d['file_name']}") from None
+        if image.shape[:2] != (meta["height"], meta["width"]):
+            raise ValueError(f"{d['file_name']}: image is {image.shape[1]}x{image.shape[0]} but its "
+                             f"metadata {d['metadata_file']} says {meta['width']}x{meta['height']}")
+        h, w = image.shape[:2]
+        boxes = np.array([[0.0, 0.0, w, h]] + meta["boxes"], dtype=np.float32).reshape(-1, 4)
+        aug = T.AugInput(image, boxes=boxes)
+        transforms = self.augmentations(aug)
+        image = aug.image
+        nh, nw = image.shape[:2]
+        boxes = torch.as_tensor(aug.boxes, dtype=torch.float32)
+        boxes[:, 0::2] = boxes[:, 0::2].clamp(0, nw)
+        boxes[:, 1::2] = boxes[:, 1::2].clamp(0, nh)
+
+        _, _, label = self._contexts_and_choices(d)
+        if self.is_train and label is None:
+            raise ValueError(f"{d['source']}: training needs the label of task {self.task}")
+        out = {
+            "image": torch.as_tensor(np.ascontiguousarray(image.transpose(2, 0, 1))),
+            "height": h, "width": w,
+            "boxes": boxes,
+            "object_classes": torch.tensor([-1] + list(d["object_classes"]), dtype=torch.long),
+            "label": -1 if label is None else label,
+            "annot_id": d["annot_id"],
+        }
+        if self.use_masks:
+            out["masks"] = self._masks(meta["segms"], boxes, transforms)
+        out.update(self.encode_text(d))
+        return out
+
+    def _masks(self, segms, boxes, transforms):
+        """(N, M, M) float masks in box coordinates; ones for the whole image and for objects
+        without polygons."""
+        polygons = []
+        for i, polys in enumerate(segms, start=1):
+            if polys:
+                points = [np.asarray(p, dtype=np.float64).reshape(-1, 2) for p in polys]
+                polygons.append([p.reshape(-1) for p in transforms.apply_polygons(points)])
+            else:
+                x1, y1, x2, y2 = boxes[i].tolist()
+                polygons.append([np.array([x1, y1, x2, y1, x2, y2, x1, y2], dtype=np.float64)])
+        masks = torch.ones((len(boxes), self.mask_size, self.mask_size))
+        if polygons:
+            masks[1:] = PolygonMasks(polygons).crop_and_resize(boxes[1:], self.mask_size).float()
+        return masks

@@ -1,0 +1,18 @@
+"""Evaluators, chosen by the ``evaluator_type`` of a dataset's metadata."""
+from detectron2.data import MetadataCatalog
+
+from .vcr_evaluation import (VCREvaluator, load_predictions, vcr_metrics,
+                             write_leaderboard_csv)
+
+
+def build_vlbert_evaluator(cfg, dataset_name, output_dir=None):
+    """The evaluator for ``dataset_name`` according to its metadata's ``evaluator_type``."""
+    evaluator_type = MetadataCatalog.get(dataset_name).get("evaluator_type", None)
+    if evaluator_type == "vcr":
+        return VCREvaluator(dataset_name, cfg.MODEL.VLBERT.VCR.TASK, output_dir)
+    raise NotImplementedError(f"no evaluator for dataset '{dataset_name}' "
+                              f"(evaluator_type {evaluator_type!r})")
+
+
+__all__ = ["VCREvaluator", "build_vlbert_evaluator", "load_predictions", "vcr_metrics",
+           "write_leaderboard_csv"]

@@ -1,0 +1,154 @@
+"""VL-BERT as a detectron2 meta-architecture: one model, many tasks (the head differs)."""
+from dataclasses import dataclass
+from typing import List
+
+import torch
+from torch import nn
+
+from detectron2.config import configurable
+from detectron2.modeling import META_ARCH_REGISTRY
+from detectron2.structures import Boxes, ImageList
+
+from .bert import build_bert, build_tokenizer
+from .heads import build_vlbert_head
+from .visual import RegionFeatureExtractor, VisualFusion
+from .vl_bert import VisualLinguisticBert
+
+
+@dataclass
+class VLBertBatch:
+    """What a head may need besides the transformer outputs, for a batch of B inputs.
+
+    Attributes:
+        num_choices (list[int]): number of text sequences of each input (S = their sum).
+        seq_to_input (LongTensor): (S,) index of the input each sequence belongs to.
+        labels (LongTensor): (B,) the input's label, -1 when unknown.
+        appearance (Tensor): (R, C) appearance features of all RoIs of the batch.
+        object_classes (LongTensor): (R,) class of every RoI, -1 for none (the whole image).
+        roi_to_input (LongTensor): (R,) index of the input each RoI belongs to.
+    """
+
+    num_choices: List[int]
+    seq_to_input: torch.Tensor
+    labels: torch.Tensor
+    appearance: torch.Tensor
+    object_classes: torch.Tensor
+    roi_to_input: torch.Tensor
+
+
+def _pad_stack(tensors, value=0):
+    """Stack (K_i, L_i) tensors into (sum K_i, max L_i), padding on the right."""
+    length = max(t.shape[-1] for t in tensors)
+    return torch.cat([nn.functional.pad(t, (0, length - t.shape[-1]), value=value) for t in tensors])
+
+
+@META_ARCH_REGISTRY.register()
+class VLBERT(nn.Module):
+    """VL-BERT (Su et al., ICLR 2020), end to end from pixels.
+
+    Each input (a dict made by a task's dataset mapper) holds:
+
+    * ``image``: (3, H, W) tensor in ``INPUT.FORMAT``;
+    * ``boxes``: (N, 4) RoIs (x1, y1, x2, y2) in pixels of ``image``, RoI 0 being the whole image;
+    * ``masks`` (optional): (N, M, M) soft instance masks of the RoIs in box coordinates;
+    * ``object_classes`` (optional): (N,) class of each RoI, -1 for none;
+    * ``input_ids``, ``token_type_ids``, ``text_mask``, ``text_tags``: (K, L) the K text
+      sequences (e.g. one per answer choice); ``text_tags`` is the RoI whose visual feature a
+      token carries (0: the whole image);
+    * ``label`` (optional): int.
+    """
+
+    @configurable
+    def __init__(self, *, region_extractor, fusion, vl_bert, head, pixel_mean, pixel_std):
+        super().__init__()
+        self.region_extractor = region_extractor
+        self.fusion = fusion
+        self.vl_bert = vl_bert
+        self.head = head
+        self.register_buffer("pixel_mean", torch.tensor(pixel_mean).view(-1, 1, 1), False)
+        self.register_buffer("pixel_std", torch.tensor(pixel_std).view(-1, 1, 1), False)
+
+    @classmethod
+    def from_config(cls, cfg):
+        region_extractor = RegionFeatureExtractor(cfg)
+        bert = build_bert(cfg, vocab_size=len(build_tokenizer(cfg)))
+        vl_bert = VisualLinguisticBert(bert, visual_ln_init=cfg.MODEL.VLBERT.VISUAL_LN_INIT)
+        fusion = VisualFusion(
+            appearance_dim=region_extractor.out_channels,
+            geometry_dim=cfg.MODEL.VLBERT.GEOMETRY_DIM,
+            hidden_size=vl_bert.hidden_size,
+            dropout=cfg.MODEL.VLBERT.FUSION_DROPOUT,
+            wave_length=cfg.MODEL.VLBERT.GEOMETRY_WAVE_LENGTH,
+        )
+        head = build_vlbert_head(cfg, vl_bert.hidden_size, region_extractor.out_channels)
+        return {"region_extractor": region_extractor, "fusion": fusion, "vl_bert": vl_bert,
+                "head": head, "pixel_mean": cfg.MODEL.PIXEL_MEAN, "pixel_std": cfg.MODEL.PIXEL_STD}
+
+    @property
+    def device(self):
+        return self.pixel_mean.device
+
+    def preprocess_image(self, batched_inputs):
+        images = [(x["image"].to(self.device) - self.pixel_mean) / self.pixel_std for x in batched_inputs]
+        return ImageList.from_tensors(images, self.region_extractor.backbone.size_divisibility)
+
+    def encode(self, batched_inputs, output_attentions=False):
+        """Run the visual side and the transformer over every text sequence of the batch.
+
+        Returns:
+            (VLBertOutput, VLBertBatch)
+        """
+        dev = self.device
+        images = self.preprocess_image(batched_inputs)
+        boxes = [x["boxes"].to(dev, torch.float32) for x in batched_inputs]
+        masks = [x["masks"].to(dev) if "masks" in x else None for x in batched_inputs]
+        appearance = self.region_extractor(images.tensor, [Boxes(b) for b in boxes], masks)
+
+        counts = [len(b) for b in boxes]
+        roi_to_input = torch.repeat_interleave(torch.arange(len(boxes), device=dev),
+                                               torch.tensor(counts, device=dev))
+        sizes = torch.tensor(images.image_sizes, device=dev, dtype=torch.float32)[roi_to_input]
+        rois = self.fusion(appearance, torch.cat(boxes), sizes)  # (R, H)
+
+        # (B, N, H) RoI embeddings, padded, and their mask.
+        B, N = len(boxes), max(counts)
+        slot = torch.cat([torch.arange(c, device=dev) for c in counts])
+        obj = rois.new_zeros((B, N, rois.shape[-1]))
+        obj[roi_to_input, slot] = rois
+        obj_mask = torch.zeros((B, N), dtype=torch.long, device=dev)
+        obj_mask[roi_to_input, slot] = 1
+
+        num_choices = [x["input_ids"].shape[0] for x in batched_inputs]
+        seq_to_input = torch.repeat_interleave(torch.arange(B, device=dev),
+                                               torch.tensor(num_choices, device=dev))
+        input_ids = _pad_stack([x["input_ids"] for x in batched_inputs]).to(dev)
+        token_type_ids = _pad_stack([x["token_type_ids"] for x in batched_inputs]).to(dev)
+        text_mask = _pad_stack([x["text_mask"] for x in batched_inputs]).to(dev)
+        text_tags = _pad_stack([x["text_tags"] for x in batched_inputs]).to(dev)
+        obj_seq = obj[seq_to_input]  # (S, N, H)
+        text_visual = torch.gather(
+            obj_seq, 1, text_tags[..., None].expand(-1, -1, obj_seq.shape[-1]))
+
+        outputs = self.vl_bert(input_ids, token_type_ids, text_mask, text_visual,
+                               obj_seq, obj_mask[seq_to_input], output_attentions=output_attentions)
+        object_classes = torch.cat([
+            x["object_classes"] if "object_classes" in x else torch.full((c,), -1, dtype=torch.long)
+            for x, c in zip(batched_inputs, counts)]).to(dev)
+        batch = VLBertBatch(
+            num_choices=num_choices,
+            seq_to_input=seq_to_input,
+            labels=torch.tensor([int(x.get("label", -1)) for x in batched_inputs], device=dev),
+            appearance=appearance,
+            object_classes=object_classes,
+            roi_to_input=roi_to_input,
+        )
+        return outputs, batch
+
+    def forward(self, batched_inputs):
+        """
+        Returns:
+            dict[str, Tensor] of losses in training; in inference a list with, per input, the
+            head's result dict.
+        """
+        outputs, batch = self.encode(batched_inputs)
+        return self.head(outputs, batch)

@@ -1,0 +1,121 @@
+"""The visual-linguistic embedding in front of BERT (paper section 3.2, Figure 1).
+
+Every input element's embedding is the sum of four: token embedding, visual feature embedding,
+segment embedding and sequence position embedding. Text elements carry a word piece and the
+visual feature of the whole image (or, in VCR, of the RoI the word refers to); visual elements
+carry the learned [IMG] token and the RoI's feature. All RoIs share one position, right after
+the text; a learned [END] element closes the sequence at the next position. Position and segment
+embeddings and the final LayerNorm are BERT's own (``BertEmbeddings`` adds them to
+``inputs_embeds``), so for a text-only input the outputs are exactly BERT's.
+"""
+from dataclasses import dataclass
+from typing import Optional
+
+import torch
+from torch import nn
+
+VISUAL_SEGMENT = 2  # segment C of the paper: the visual elements and [END]
+
+
+@dataclass
+class VLBertOutput:
+    """Outputs of :class:`VisualLinguisticBert` for a batch of S sequences.
+
+    The sequence layout is ``[text (L slots) | RoIs (N slots) | END]``; padded slots are masked
+    out of attention, so the layout is equivalent to the official packed one.
+
+    Attributes:
+        text (Tensor): (S, L, H) outputs at the text slots.
+        objects (Tensor or None): (S, N, H) outputs at the RoI slots.
+        pooled (Tensor): (S, H) BERT's pooler on [CLS].
+        attention_mask (Tensor): (S, L + N + 1) 1 for real elements.
+        attentions (tuple[Tensor] or None): per layer (S, heads, T, T) when asked for.
+    """
+
+    text: torch.Tensor
+    objects: Optional[torch.Tensor]
+    pooled: torch.Tensor
+    attention_mask: torch.Tensor
+    attentions: Optional[tuple] = None
+
+
+class VisualLinguisticBert(nn.Module):
+    """BERT with VL-BERT's visual-linguistic input embedding."""
+
+    def __init__(self, bert, visual_ln_init=0.0):
+        """
+        Args:
+            bert (transformers.BertModel): with ``type_vocab_size >= 3``.
+            visual_ln_init (float): initial weight of the two visual LayerNorms.
+        """
+        super().__init__()
+        if bert.config.type_vocab_size < 3:
+            raise ValueError("VL-BERT needs a third segment embedding for the visual elements")
+        self.bert = bert
+        hidden = bert.config.hidden_size
+        std = bert.config.initializer_range
+        eps = bert.config.layer_norm_eps
+        # Learned token embeddings of the [IMG] (visual element) and [END] tokens.
+        self.img_embedding = nn.Parameter(torch.randn(hidden) * std)
+        self.end_embedding = nn.Parameter(torch.randn(hidden) * std)
+        self.visual_ln_text = nn.LayerNorm(hidden, eps=eps)
+        self.visual_ln_object = nn.LayerNorm(hidden, eps=eps)
+        for ln in (self.visual_ln_text, self.visual_ln_object):
+            nn.init.constant_(ln.weight, visual_ln_init)
+            nn.init.zeros_(ln.bias)
+
+    @property
+    def hidden_size(self):
+        return self.bert.config.hidden_size
+
+    @property
+    def word_embeddings(self):
+        return self.bert.embeddings.word_embeddings
+
+    def forward(self, input_ids, token_type_ids, text_mask, text_visual=None,
+                object_visual=None, object_mask=None, output_attentions=False):
+        """
+        Args:
+            input_ids (LongTensor): (S, L) word-piece ids, [CLS] first, padded with anything.
+            token_type_ids (LongTensor): (S, L) segment of each text token (0 = A, 1 = B).
+            text_mask (Tensor): (S, L) 1 for real text tokens (a prefix of each row).
+            text_visual (Tensor or None): (S, L, H) visual feature embedding of each text token.
+            object_visual (Tensor or None): (S, N, H) visual feature embedding of the RoIs;
+                None for a text-only input (then no [IMG] or [END] element is added).
+            object_mask (Tensor or None): (S, N) 1 for real RoIs.
+            output_attentions (bool): also return the attention maps.
+
+        Returns:
+            VLBertOutput
+        """
+        S, L = input_ids.shape
+        text_mask = text_mask.to(torch.long)
+        embeds = self.word_embeddings(input_ids)
+        if text_visual is not None:
+            embeds = embeds + self.visual_ln_text(text_visual)
+        positions = torch.arange(L, device=input_ids.device).expand(S, L)
+        types = token_type_ids
+        mask = text_mask
+        N = 0
+        if object_visual is not None:
+            N = object_visual.shape[1]
+            if object_mask is None:
+                object_mask = object_visual.new_ones((S, N))
+            object_mask = object_mask.to(torch.long)
+            text_len = text_mask.sum(dim=1, keepdim=True)  # (S, 1)
+            obj = self.img_embedding + self.visual_ln_object(object_visual)
+            end = self.end_embedding.expand(S, 1, -1)
+            embeds = torch.cat([embeds, obj, end], dim=1)
+            positions = torch.cat([positions, text_len.expand(S, N), text_len + 1], dim=1)
+            types = torch.cat([types, types.new_full((S, N + 1), VISUAL_SEGMENT)], dim=1)
+            mask = torch.cat([mask, object_mask, mask.new_ones((S, 1))], dim=1)
+        out = self.bert(inputs_embeds=embeds, token_type_ids=types, position_ids=positions,
+                        attention_mask=mask, output_attentions=output_attentions)
+        seq = out.last_hidden_state
+        return VLBertOutput(
+            text=seq[:, :L],
+            objects=seq[:, L:L + N] if object_visual is not None else None,
+            pooled=out.pooler_output,
+            attention_mask=mask,
+            attentions=out.attentions if output_attentions else None,
+        )
