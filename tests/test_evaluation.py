@@ -154,3 +154,20 @@ def test_leaderboard_csv_needs_sixteen_rationale_scores(tmp_path):
     del qa2r["t0"]
     with pytest.raises(KeyError, match="t0"):
         write_leaderboard_csv(q2a, qa2r, str(tmp_path / "x.csv"))
+
+
+def test_vcr_combine_cli(tmp_path):
+    import json
+    import subprocess
+    import sys
+
+    from conftest import REPO
+
+    q2a = {"a": {"scores": [0.9, 0.1, 0.1, 0.1], "label": 0}, "b": {"scores": [0.1, 0.9, 0.1, 0.1], "label": 0}}
+    qa2r = {"a": {"scores": [0.1, 0.1, 0.8, 0.1], "label": 2}, "b": {"scores": [0.1, 0.1, 0.8, 0.1], "label": 2}}
+    (tmp_path / "q.json").write_text(json.dumps(q2a))
+    (tmp_path / "r.json").write_text(json.dumps(qa2r))
+    res = subprocess.run([sys.executable, "tools/vcr_combine.py", "--q2a", str(tmp_path / "q.json"),
+                          "--qa2r", str(tmp_path / "r.json")], cwd=REPO, capture_output=True, text=True)
+    assert res.returncode == 0, res.stderr
+    assert json.loads(res.stdout) == {"Q2A": 50.0, "QA2R": 100.0, "Q2AR": 50.0}

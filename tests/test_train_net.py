@@ -81,3 +81,20 @@ def test_eval_only_with_unreadable_checkpoint_names_it(size_data, tmp_path):
                "MODEL.VLBERT.NUM_LAYERS", "1", "OUTPUT_DIR", str(tmp_path / "o")], size_data)
     assert res.returncode != 0
     assert f"cannot read checkpoint {bad}" in res.stderr
+
+
+def test_resume_continues_from_the_last_checkpoint(size_data, tmp_path):
+    out = tmp_path / "out"
+    common = ["MODEL.VLBERT.NUM_LAYERS", "1", "DATALOADER.NUM_WORKERS", "0", "SOLVER.IMS_PER_BATCH", "2",
+              "SOLVER.STEPS", "(100,)", "SOLVER.WARMUP_ITERS", "1", "TEST.EVAL_PERIOD", "0",
+              "SOLVER.CHECKPOINT_PERIOD", "2", "OUTPUT_DIR", str(out)]
+    first = run(["--config-file", TINY_YAML] + common + ["SOLVER.MAX_ITER", "2"], size_data)
+    assert first.returncode == 0, first.stderr[-3000:]
+    assert (out / "last_checkpoint").read_text().strip() == "model_final.pth"
+    second = run(["--config-file", TINY_YAML, "--resume"] + common + ["SOLVER.MAX_ITER", "4"], size_data)
+    assert second.returncode == 0, second.stderr[-3000:]
+    log = second.stdout + second.stderr
+    assert "Starting training from iteration 2" in log
+    iters = [json.loads(line)["iteration"] for line in (out / "metrics.json").read_text().splitlines()]
+    # A restart from scratch would log iterations 1-2 twice.
+    assert iters == sorted(set(iters)) and max(iters) == 4

@@ -137,6 +137,8 @@ BAD_RECORDS = [
     ("answer-label-4", _set(["answer_label"], 4), VCRFormatError, ["answer_label", "4"]),
     ("rationale-label-negative", _set(["rationale_label"], -1), VCRFormatError, ["rationale_label"]),
     ("answer-label-string", _set(["answer_label"], "1"), VCRFormatError, ["answer_label"]),
+    ("answer-label-bool", _set(["answer_label"], True), VCRFormatError, ["answer_label"]),
+    ("question-bool-reference", _set(["question", 1], [True]), VCRFormatError, ["question"]),
     ("missing-answer-label", _drop("answer_label"), VCRFormatError, ["answer_label"]),
     ("missing-rationale-label", _drop("rationale_label"), VCRFormatError, ["rationale_label"]),
 ]

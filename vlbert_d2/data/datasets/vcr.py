@@ -38,7 +38,8 @@ def _check_tokens(tokens, num_objects, where, field):
     for token in tokens:
         if isinstance(token, str):
             continue
-        if not isinstance(token, list) or not token or not all(isinstance(i, int) for i in token):
+        if (not isinstance(token, list) or not token
+                or not all(isinstance(i, int) and not isinstance(i, bool) for i in token)):
             raise VCRFormatError(f"{where}: field '{field}' has token {token!r}; a token is a "
                                  "word or a non-empty list of object indices")
         for i in token:
@@ -53,7 +54,7 @@ def _check_label(record, field, where, required):
             raise VCRFormatError(f"{where}: missing field '{field}'")
         return None
     label = record[field]
-    if not isinstance(label, int) or not 0 <= label < NUM_CHOICES:
+    if isinstance(label, bool) or not isinstance(label, int) or not 0 <= label < NUM_CHOICES:
         raise VCRFormatError(f"{where}: field '{field}' must be an integer in [0, {NUM_CHOICES}), got {label!r}")
     return label
 

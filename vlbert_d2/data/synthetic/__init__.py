@@ -311,7 +311,3 @@ def main(argv=None):
         print(f"wrote {n} records to {os.path.join(args.root, split + '.jsonl')}")
     print(f"images under {os.path.join(args.root, 'vcr1images')}; "
           f"{_disk_usage(args.root) / 2**20:.1f} MiB in {time.time() - start:.1f} s")
-
-
-if __name__ == "__main__":
-    main()

@@ -1,0 +1,4 @@
+"""``python -m vlbert_d2.data.synthetic --help``"""
+from . import main
+
+raise SystemExit(main())
