@@ -47,6 +47,11 @@ def add_vlbert_config(cfg):
     _C.MODEL.VLBERT.POOLER_TYPE = "ROIAlignV2"
     # Dilation of the res5 head, run with stride 1 on the pooled RoIs (official: 2).
     _C.MODEL.VLBERT.RES5_DILATION = 2
+    # detectron2-format weights (.pkl) of the Visual Genome Faster R-CNN R101-C4 (bottom-up
+    # attention: faster_rcnn_from_caffe[_attr].pkl) loaded into the trunk and res5 head when the
+    # model is built; its RPN and predictors are unused (and reported). MODEL.WEIGHTS, if set,
+    # is loaded afterwards and takes precedence.
+    _C.MODEL.VLBERT.DETECTOR_WEIGHTS = ""
     # Weight the res5 map of each RoI by its instance mask before average pooling (VCR gives
     # polygons for every object).
     _C.MODEL.VLBERT.USE_INSTANCE_MASKS = True

@@ -71,6 +71,10 @@ class VLBERT(nn.Module):
     @classmethod
     def from_config(cls, cfg):
         region_extractor = RegionFeatureExtractor(cfg)
+        if cfg.MODEL.VLBERT.DETECTOR_WEIGHTS:
+            from ..checkpoint.detector import load_detector_weights
+
+            load_detector_weights(region_extractor, cfg.MODEL.VLBERT.DETECTOR_WEIGHTS)
         bert = build_bert(cfg, vocab_size=len(build_tokenizer(cfg)))
         vl_bert = VisualLinguisticBert(bert, visual_ln_init=cfg.MODEL.VLBERT.VISUAL_LN_INIT)
         fusion = VisualFusion(
