@@ -9,7 +9,7 @@ setup:
 	bash scripts/setup_env.sh
 
 data: setup
-	$(PY) -m vlbert_d2.data.synthetic --root datasets/synthetic_vcr_size --seed 0 --question-types size
+	$(PY) -m vlbert_d2.data.synthetic --root $${DETECTRON2_DATASETS:-datasets}/synthetic_vcr_size --seed 0 --question-types size
 
 # Generate the synthetic VCR data if missing, train the tiny model on CPU, then evaluate the
 # saved checkpoint with --eval-only.

@@ -313,3 +313,9 @@ def test_tokenizer_from_directory_without_vocab_raises(tmp_path):
     cfg = make_cfg(MODEL__VLBERT__BERT_NAME=MINILM, MODEL__VLBERT__TOKENIZER=str(tmp_path))
     with pytest.raises(OSError):
         build_tokenizer(cfg)
+
+
+def test_num_layers_larger_than_the_checkpoint_raises():
+    cfg = make_cfg(MODEL__VLBERT__BERT_NAME=MINILM, MODEL__VLBERT__NUM_LAYERS=8)
+    with pytest.raises(ValueError, match="has only 6 layers"):
+        build_bert(cfg, vocab_size=0)

@@ -49,7 +49,7 @@ def test_build_model_is_vlbert(tiny_cfg):
     assert model.fusion.linear.in_features == 256 + model.region_extractor.out_channels
     assert model.fusion.linear.out_features == 384
     # The RoI classifier covers the training dataset's classes (ball, box, kite).
-    assert model.head.roi_classifier.out_features == 3
+    assert model.head.roi_classifier[-1].out_features == 3 + 1  # the classes + background
 
 
 def test_training_forward_and_gradients(tiny_cfg, train_inputs):
@@ -61,13 +61,14 @@ def test_training_forward_and_gradients(tiny_cfg, train_inputs):
         assert v.dim() == 0 and torch.isfinite(v) and v.item() > 0
     sum(losses.values()).backward()
     r = model.region_extractor
+    # The zero-initialised visual LayerNorms gate the visual path: at initialisation no gradient
+    # reaches the fusion layer or the CNN (see test_gradients_through_the_transformer_path).
+    for p in (model.fusion.linear.weight, r.res5[-1].conv3.weight, r.backbone.stem.conv1.weight):
+        assert _grad_norm(p) == 0
     grads = {
-        "res5": r.res5[-1].conv3.weight,
-        "backbone stem (FREEZE_AT 0)": r.backbone.stem.conv1.weight,
-        "backbone res4": r.backbone.res4[0].conv1.weight,
         "word embeddings": model.vl_bert.word_embeddings.weight,
         "VCR classifier": model.head.classifier[1].weight,
-        "RoI classifier": model.head.roi_classifier.weight,
+        "RoI classifier": model.head.roi_classifier[-1].weight,
         # Zero-init LayerNorms receive gradient, so the visual features are let in by training.
         "visual LN (text)": model.vl_bert.visual_ln_text.weight,
         "visual LN (objects)": model.vl_bert.visual_ln_object.weight,
@@ -99,6 +100,7 @@ def test_gradients_through_the_transformer_path(tiny_cfg, train_inputs):
 
 
 def test_official_freezing(tiny_cfg, train_inputs):
+    tiny_cfg.MODEL.VLBERT.VISUAL_LN_INIT = 1.0  # let gradients reach the CNN at all
     tiny_cfg.MODEL.BACKBONE.FREEZE_AT = 2
     tiny_cfg.MODEL.RESNETS.NORM = "FrozenBN"
     model = _build(tiny_cfg)
@@ -205,8 +207,7 @@ def _head_inputs(logit_rows, labels):
     pooled = torch.tensor(logit_rows, dtype=torch.float32).reshape(-1, 1)
     outputs = SimpleNamespace(pooled=pooled)
     batch = SimpleNamespace(num_choices=[4] * (len(logit_rows) // 4),
-                            labels=torch.tensor(labels), object_classes=torch.full((1,), -1),
-                            appearance=torch.zeros((1, 2)))
+                            labels=torch.tensor(labels), object_classes=torch.full((1, 1), -100))
     return outputs, batch
 
 
@@ -225,8 +226,8 @@ def test_vcr_head_losses_match_definitions():
     x = torch.tensor(logits).view(2, 4)
     bce = _identity_head("bce").train()(outputs, batch)["loss_vcr"]
     target = F.one_hot(torch.tensor(labels), 4).float()
-    # Official scaling: mean over the choices times their number.
-    torch.testing.assert_close(bce, F.binary_cross_entropy_with_logits(x, target) * 4)
+    # Official: the mean of the per-choice binary cross-entropies.
+    torch.testing.assert_close(bce, F.binary_cross_entropy_with_logits(x, target))
     ce = _identity_head("ce").train()(outputs, batch)["loss_vcr"]
     torch.testing.assert_close(ce, F.cross_entropy(x, torch.tensor(labels)))
     with torch.no_grad():
@@ -244,3 +245,23 @@ def test_vcr_head_rejects_bad_training_batches():
         head(outputs, batch)
     with pytest.raises(ValueError, match="'hinge'"):
         VCRHead(hidden_size=4, loss="hinge")
+
+
+def test_roi_classification_targets_and_ddp_safe_zero_loss():
+    head = VCRHead(hidden_size=4, dropout=0.0, num_object_classes=3, roi_cls_loss_weight=1.0).train()
+    objects = torch.randn(2, 3, 4)  # 2 sequences (one input, 2 choices), 3 RoI slots
+    outputs = SimpleNamespace(pooled=torch.randn(2, 4), objects=objects)
+    # RoI 0: whole image (-1 -> background 0), RoI 1: class 2 (-> 3), slot 2: padding.
+    classes = torch.tensor([[-1, 2, -100]])
+    batch = SimpleNamespace(num_choices=[2], labels=torch.tensor([1]), seq_to_input=torch.tensor([0, 0]),
+                            object_classes=classes)
+    loss = head(outputs, batch)["loss_roi_cls"]
+    logits = head.roi_classifier(objects[:, :2]).reshape(-1, 4)
+    expected = F.cross_entropy(logits, torch.tensor([0, 3, 0, 3]))
+    torch.testing.assert_close(loss, expected)
+    # No classified RoI: a zero loss that still reaches every classifier parameter.
+    batch.object_classes = torch.full((1, 3), -100)
+    zero = head(outputs, batch)["loss_roi_cls"]
+    assert zero.item() == 0.0
+    zero.backward()
+    assert all(p.grad is not None for p in head.roi_classifier.parameters())

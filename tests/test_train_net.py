@@ -98,3 +98,8 @@ def test_resume_continues_from_the_last_checkpoint(size_data, tmp_path):
     iters = [json.loads(line)["iteration"] for line in (out / "metrics.json").read_text().splitlines()]
     # A restart from scratch would log iterations 1-2 twice.
     assert iters == sorted(set(iters)) and max(iters) == 4
+
+
+def test_eval_only_resume_without_checkpoint_refuses(size_data, tmp_path):
+    res = run(["--config-file", TINY_YAML, "--eval-only", "--resume", "OUTPUT_DIR", str(tmp_path / "empty")], size_data)
+    assert res.returncode != 0 and "no checkpoint in" in res.stderr

@@ -148,6 +148,7 @@ BAD_RECORDS = [
                          ids=[b[0] for b in BAD_RECORDS])
 def test_bad_record_names_file_line_field(tmp_path, mutate, exc, needles):
     bad = copy.deepcopy(RECORD)
+    bad["annot_id"] = "hand-1"
     mutate(bad)
     jsonl, image_root = _write_dataset(str(tmp_path), [RECORD, bad])
     with pytest.raises(exc) as info:
@@ -332,14 +333,14 @@ def test_mapper_without_masks(tiny_cfg, hand_dict):
 
 
 def test_mapper_truncation_keeps_cls_and_seps(tiny_cfg, hand_dict, tokenizer):
-    tiny_cfg.INPUT.MAX_TEXT_LEN = 8
+    tiny_cfg.INPUT.MAX_TEXT_LEN = 5  # word pieces, [CLS] and [SEP]s not counted (official)
     out = VCRDatasetMapper(tiny_cfg, True)(hand_dict)
     assert out["input_ids"].shape[1] <= 8
     q_pieces, q_tags = _expected(RECORD["question"], tokenizer)
     for k in range(4):
         a, b = _segments(out["input_ids"][k], out["token_type_ids"][k], out["text_mask"][k], tokenizer)
         b_pieces, _ = _expected(RECORD["answer_choices"][k], tokenizer)
-        assert len(a) + len(b) == 5  # 8 minus [CLS] and two [SEP]s
+        assert len(a) + len(b) == 5
         # The question (the longer one) is cut from its end first.
         assert a == q_pieces[:len(a)] and b == b_pieces[:len(b)]
         n = int(out["text_mask"][k].sum())
@@ -395,3 +396,41 @@ def test_mapper_invalid_task():
     cfg = make_cfg(MODEL__VLBERT__VCR__TASK="Q2AR")
     with pytest.raises(ValueError, match="Q2AR"):
         VCRDatasetMapper(cfg, True)
+
+
+def test_vcr_class_names_are_written_without_spaces(tmp_path):
+    # Official VCR writes the COCO classes without spaces: "diningtable", "cellphone", ...
+    assert "diningtable" in VCR_CLASSES and "dining table" not in VCR_CLASSES and len(VCR_CLASSES) == 80
+    record = dict(copy.deepcopy(RECORD), objects=["diningtable", "cellphone", "teddybear"])
+    jsonl, image_root = _write_dataset(str(tmp_path), [record])
+    (d,) = load_vcr_jsonl(jsonl, image_root, VCR_CLASSES)
+    assert [VCR_CLASSES[c] for c in d["object_classes"]] == ["diningtable", "cellphone", "teddybear"]
+
+
+def test_duplicate_annot_id_names_both_lines(tmp_path):
+    jsonl, image_root = _write_dataset(str(tmp_path), [RECORD, RECORD])
+    with pytest.raises(VCRFormatError, match=r"train\.jsonl:2: field 'annot_id'.*line 1"):
+        load_vcr_jsonl(jsonl, image_root, VCR_CLASSES)
+
+
+@pytest.mark.parametrize("boxes,needle", [
+    ([[50.0, 10.0, 10.0, 50.0, 1.0]] + [b + [1.0] for b in BOXES[1:]], "boxes[0]"),  # x1 > x2
+    ([b + [1.0] for b in BOXES[:2]] + [["a", 1, 2, 3]], "boxes[2]"),  # not numbers
+    ([b + [1.0] for b in BOXES[:2]] + [[1.0, 2.0]], "boxes[2]"),  # too short
+])
+def test_metadata_bad_boxes_name_the_box(tmp_path, boxes, needle):
+    path = _write_meta(tmp_path, json.dumps({"boxes": boxes, "width": WIDTH, "height": HEIGHT}))
+    with pytest.raises(VCRFormatError) as info:
+        load_vcr_metadata(path, 3, "x.jsonl:4")
+    assert path in str(info.value) and needle in str(info.value) and "x.jsonl:4" in str(info.value)
+
+
+def test_metadata_polygons(tmp_path, caplog):
+    meta = {"boxes": [b + [1.0] for b in BOXES], "width": WIDTH, "height": HEIGHT,
+            "segms": [[TRIANGLE, [[1.0, 1.0], [2.0, 2.0]]], [SQUARE], []]}
+    m = load_vcr_metadata(_write_meta(tmp_path, json.dumps(meta)), 3, "x.jsonl:1")
+    assert len(m["segms"][0]) == 1  # the 2-point polygon is skipped, and said so
+    assert "skipped 1 polygon(s)" in caplog.text
+    meta["segms"][1] = [[[60.0, 20.0, 1.0], [90.0, 20.0, 1.0], [90.0, 60.0, 1.0]]]
+    with pytest.raises(VCRFormatError, match=r"segms\[1\]"):
+        load_vcr_metadata(_write_meta(tmp_path, json.dumps(meta)), 3, "x.jsonl:1")

@@ -22,6 +22,12 @@ from vlbert_d2.solver import build_optimizer
 
 
 class Trainer(DefaultTrainer):
+    def __init__(self, cfg):
+        super().__init__(cfg)
+        # Same checkpointer, but a missing or unreadable MODEL.WEIGHTS is reported by name.
+        self.checkpointer = VLBertCheckpointer(self.checkpointer.model, cfg.OUTPUT_DIR,
+                                               **self.checkpointer.checkpointables)
+
     @classmethod
     def build_train_loader(cls, cfg):
         return build_detection_train_loader(cfg, mapper=build_vlbert_mapper(cfg, is_train=True))
@@ -59,8 +65,10 @@ def main(args):
             raise SystemExit("--eval-only needs the weights to evaluate: add MODEL.WEIGHTS "
                              "path/to/model.pth (or --resume to use OUTPUT_DIR's last checkpoint)")
         model = Trainer.build_model(cfg)
-        VLBertCheckpointer(model, save_dir=cfg.OUTPUT_DIR).resume_or_load(
-            cfg.MODEL.WEIGHTS, resume=args.resume)
+        checkpointer = VLBertCheckpointer(model, save_dir=cfg.OUTPUT_DIR)
+        if args.resume and not checkpointer.has_checkpoint() and not cfg.MODEL.WEIGHTS:
+            raise SystemExit(f"--eval-only --resume: no checkpoint in {cfg.OUTPUT_DIR} and no MODEL.WEIGHTS")
+        checkpointer.resume_or_load(cfg.MODEL.WEIGHTS, resume=args.resume)
         res = Trainer.test(cfg, model)
         verify_results(cfg, res)
         return res

@@ -23,7 +23,8 @@ def add_vlbert_config(cfg):
     # Architecture of a randomly initialised BERT (ignored when BERT_NAME is set, except
     # NUM_LAYERS > 0, which keeps only the first NUM_LAYERS layers of a loaded BERT).
     _C.MODEL.VLBERT.HIDDEN_SIZE = 768  # H in the paper
-    _C.MODEL.VLBERT.NUM_LAYERS = 12  # L
+    # L. 0: all the layers of a loaded BERT, or 12 for a randomly initialised one.
+    _C.MODEL.VLBERT.NUM_LAYERS = 0
     _C.MODEL.VLBERT.NUM_HEADS = 12  # A
     _C.MODEL.VLBERT.INTERMEDIATE_SIZE = 3072
     _C.MODEL.VLBERT.MAX_POSITION_EMBEDDINGS = 512
@@ -64,13 +65,14 @@ def add_vlbert_config(cfg):
     _C.MODEL.VLBERT.VCR.LOSS = "bce"
     # Dropout before the per-choice linear classifier on the pooled [CLS] output.
     _C.MODEL.VLBERT.VCR.CLASSIFIER_DROPOUT = 0.1
-    # Weight of the auxiliary RoI classification loss on the pooled appearance features of the
-    # RoIs (the paper's "RoI classification with linguistic clues" during fine-tuning). 0 = off.
+    # Weight of the RoI classification loss of the official VCR fine-tuning: VL-BERT's output at
+    # each RoI slot is classified into the object classes + background (the whole image is
+    # background). 0 = off.
     _C.MODEL.VLBERT.VCR.ROI_CLS_LOSS_WEIGHT = 1.0
 
     # --- Input ---
-    # Maximum number of text tokens, [CLS] and [SEP]s included (the longer of the two
-    # sentences is truncated first).
+    # Maximum number of word pieces of the two sentences together, [CLS] and [SEP]s not
+    # counted (official); the longer sentence is truncated first.
     _C.INPUT.MAX_TEXT_LEN = 64
 
     # --- Solver ---

@@ -3,7 +3,7 @@
 Q->A: ``[CLS] question [SEP] answer_k [SEP]`` for the 4 answers; QA->R: ``[CLS] question
 answer [SEP] rationale_k [SEP]`` for the 4 rationales, with the correct answer (or, on the test
 set where it is unknown, each of the 4 answers in turn: 16 sequences). Object references become
-the class name (persons get gender-neutral names, as in R2C and the official VL-BERT) and each of
+the class name (persons get R2C's gender-neutral names) and each of
 their word pieces carries the visual feature of that RoI; other tokens carry the whole image's.
 """
 import copy
@@ -22,7 +22,8 @@ from .datasets.vcr import load_vcr_metadata
 
 logger = logging.getLogger(__name__)
 
-# The names R2C (and after it the official VL-BERT) give to "person" objects, by object index.
+# R2C's gender-neutral names for "person" objects, chosen by object index. (The official
+# VL-BERT uses its own, shorter list with a running count of the persons of a record.)
 GENDER_NEUTRAL_NAMES = ["Casey", "Riley", "Jessie", "Jackie", "Avery", "Jaime", "Peyton", "Kerry",
                         "Jody", "Kendall", "Peyton", "Skyler", "Frankie", "Pat", "Quinn"]
 WHOLE_IMAGE = 0  # RoI index of the whole image; object i is RoI i + 1
@@ -38,7 +39,8 @@ def tokenize_vcr(tokens, objects, tokenize):
     """Word pieces of a VCR token list and the RoI each piece is grounded to.
 
     Args:
-        tokens (list): words, or lists of object indices (``[1, 3]`` -> "name1 and name3").
+        tokens (list): words, or lists of object indices (``[1, 3]`` -> "name1 and name3";
+            three or more: "a , b and c").
         objects (list[str]): class names of the objects.
         tokenize (callable): word -> list of word pieces.
 
@@ -85,10 +87,13 @@ class VCRDatasetMapper:
             augmentations (list[Augmentation]): applied to the image, boxes and polygons.
             image_format (str): e.g. "BGR".
             task (str): "Q2A" or "QA2R".
-            max_text_len (int): maximum length of a sequence, [CLS] and [SEP]s included.
+            max_text_len (int): maximum number of word pieces of the two sentences ([CLS] and
+                [SEP]s not counted).
             mask_size (int): side of the instance masks (the RoIAlign resolution).
             use_masks (bool): produce instance masks from the polygons.
         """
+        if max_text_len < 2:
+            raise ValueError(f"INPUT.MAX_TEXT_LEN must be at least 2 (one piece per sentence), got {max_text_len}")
         if task not in ("Q2A", "QA2R"):
             raise ValueError(f"VCR task must be 'Q2A' or 'QA2R', got {task!r}")
         self.is_train = is_train
@@ -149,7 +154,7 @@ class VCRDatasetMapper:
             a = tokenize_vcr(context, d["objects"], self._tokenize)
             for choice in choices:
                 b = tokenize_vcr(choice, d["objects"], self._tokenize)
-                a_, b_ = truncate_pair(a, b, self.max_text_len - 3)
+                a_, b_ = truncate_pair(a, b, self.max_text_len)
                 pieces = [tok.cls_token] + a_[0] + [tok.sep_token] + b_[0] + [tok.sep_token]
                 tags = [WHOLE_IMAGE] + a_[1] + [WHOLE_IMAGE] + b_[1] + [WHOLE_IMAGE]
                 types = [0] * (len(a_[0]) + 2) + [1] * (len(b_[0]) + 1)

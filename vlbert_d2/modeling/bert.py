@@ -92,6 +92,10 @@ def build_bert(cfg, vocab_size):
     if c.BERT_NAME:
         kwargs = {"attn_implementation": "eager"}
         if c.NUM_LAYERS > 0:
+            depth = _from_pretrained(BertConfig, c.BERT_NAME).num_hidden_layers
+            if c.NUM_LAYERS > depth:
+                raise ValueError(f"MODEL.VLBERT.NUM_LAYERS={c.NUM_LAYERS} but {c.BERT_NAME} has only "
+                                 f"{depth} layers (0 keeps them all)")
             kwargs["num_hidden_layers"] = c.NUM_LAYERS
         bert = _from_pretrained(BertModel, c.BERT_NAME, **kwargs)
         logger.info("Loaded BERT from %s (%d layers, hidden %d)", c.BERT_NAME,
@@ -101,7 +105,7 @@ def build_bert(cfg, vocab_size):
     config = BertConfig(
         vocab_size=vocab_size,
         hidden_size=c.HIDDEN_SIZE,
-        num_hidden_layers=c.NUM_LAYERS,
+        num_hidden_layers=c.NUM_LAYERS or 12,
         num_attention_heads=c.NUM_HEADS,
         intermediate_size=c.INTERMEDIATE_SIZE,
         max_position_embeddings=c.MAX_POSITION_EMBEDDINGS,

@@ -18,29 +18,31 @@ returns a dict of losses in training and a list of per-input results in inferenc
 """
 
 
-def build_vlbert_head(cfg, hidden_size, appearance_dim):
-    return VLBERT_HEAD_REGISTRY.get(cfg.MODEL.VLBERT.HEAD)(cfg, hidden_size, appearance_dim)
+def build_vlbert_head(cfg, hidden_size):
+    return VLBERT_HEAD_REGISTRY.get(cfg.MODEL.VLBERT.HEAD)(cfg, hidden_size)
 
 
 @VLBERT_HEAD_REGISTRY.register()
 class VCRHead(nn.Module):
     """Multiple choice (VCR): one logit per candidate from the pooled [CLS] output.
 
-    Optionally adds the auxiliary RoI classification loss (the official ``cnn_loss_reg``) on
-    the RoIs' appearance features.
+    Optionally adds the RoI classification loss of the official VCR fine-tuning: VL-BERT's output
+    at each RoI slot goes through a transform (dense, GELU, LayerNorm) and a linear classifier
+    over the object classes plus background; the whole-image RoI is background.
     """
 
     @configurable
     def __init__(self, *, hidden_size, dropout=0.1, loss="bce", num_object_classes=0,
-                 appearance_dim=0, roi_cls_loss_weight=0.0):
+                 roi_cls_loss_weight=0.0, layer_norm_eps=1e-12):
         """
         Args:
             hidden_size (int): H.
             dropout (float): dropout before the classifier.
             loss (str): "bce" (sigmoid BCE per choice, official) or "ce" (softmax over choices).
-            num_object_classes (int): classes of the auxiliary RoI classifier (0: none).
-            appearance_dim (int): dimension of the appearance features it reads.
-            roi_cls_loss_weight (float): weight of that loss.
+            num_object_classes (int): object classes of the RoI classifier, background not
+                counted (0: no RoI classification).
+            roi_cls_loss_weight (float): weight of that loss (0: none).
+            layer_norm_eps (float): of the RoI transform's LayerNorm (BERT's).
         """
         super().__init__()
         if loss not in ("bce", "ce"):
@@ -50,10 +52,14 @@ class VCRHead(nn.Module):
         self.roi_cls_loss_weight = roi_cls_loss_weight
         self.roi_classifier = None
         if roi_cls_loss_weight > 0 and num_object_classes > 0:
-            self.roi_classifier = nn.Linear(appearance_dim, num_object_classes)
+            self.roi_classifier = nn.Sequential(
+                nn.Linear(hidden_size, hidden_size), nn.GELU(),
+                nn.LayerNorm(hidden_size, eps=layer_norm_eps),
+                nn.Linear(hidden_size, num_object_classes + 1),  # + background (index 0)
+            )
 
     @classmethod
-    def from_config(cls, cfg, hidden_size, appearance_dim):
+    def from_config(cls, cfg, hidden_size):
         from detectron2.data import MetadataCatalog
 
         classes = 0
@@ -61,14 +67,14 @@ class VCRHead(nn.Module):
             classes = max(classes, len(MetadataCatalog.get(name).get("thing_classes", [])))
         v = cfg.MODEL.VLBERT.VCR
         return {"hidden_size": hidden_size, "dropout": v.CLASSIFIER_DROPOUT, "loss": v.LOSS,
-                "num_object_classes": classes, "appearance_dim": appearance_dim,
-                "roi_cls_loss_weight": v.ROI_CLS_LOSS_WEIGHT}
+                "num_object_classes": classes, "roi_cls_loss_weight": v.ROI_CLS_LOSS_WEIGHT}
 
     def forward(self, outputs, batch):
         """
         Args:
             outputs (VLBertOutput): over S = sum of the choices of every input.
-            batch (VLBertBatch): with ``seq_to_input``, ``labels`` and appearance features.
+            batch (VLBertBatch): with ``num_choices``, ``labels``, ``seq_to_input`` and
+                ``object_classes``.
 
         Returns:
             dict[str, Tensor] of losses in training; else a list, per input, of
@@ -90,17 +96,22 @@ class VCRHead(nn.Module):
             raise ValueError("training inputs need a label (answer_label / rationale_label)")
         if self.loss == "bce":
             target = F.one_hot(labels, logits.shape[1]).to(logits.dtype)
-            # Official scaling: mean over all choices times the number of choices.
-            loss = F.binary_cross_entropy_with_logits(logits, target) * logits.shape[1]
+            loss = F.binary_cross_entropy_with_logits(logits, target)
         else:
             loss = F.cross_entropy(logits, labels)
         losses = {"loss_vcr": loss}
         if self.roi_classifier is not None:
-            keep = batch.object_classes >= 0
-            if keep.any():
-                roi_logits = self.roi_classifier(batch.appearance[keep])
-                losses["loss_roi_cls"] = self.roi_cls_loss_weight * F.cross_entropy(
-                    roi_logits, batch.object_classes[keep])
-            else:
-                losses["loss_roi_cls"] = logits.sum() * 0.0
+            losses["loss_roi_cls"] = self.roi_cls_loss_weight * self._roi_loss(outputs, batch)
         return losses
+
+    def _roi_loss(self, outputs, batch):
+        # Targets per sequence: class + 1 for objects, 0 (background) for the whole image,
+        # ignored for padding and for RoIs without a class.
+        classes = batch.object_classes[batch.seq_to_input]  # (S, N)
+        target = torch.where(classes >= -1, classes + 1, torch.full_like(classes, -100))
+        logits = self.roi_classifier(outputs.objects)  # (S, N, C + 1)
+        if (target >= 0).any():
+            return F.cross_entropy(logits.flatten(0, 1), target.flatten(), ignore_index=-100)
+        # Keep the classifier in the graph (DistributedDataParallel expects every parameter
+        # to receive a gradient on every rank).
+        return logits.sum() * 0.0

@@ -1,4 +1,5 @@
 """VL-BERT as a detectron2 meta-architecture: one model, many tasks (the head differs)."""
+import logging
 from dataclasses import dataclass
 from typing import List
 
@@ -23,17 +24,14 @@ class VLBertBatch:
         num_choices (list[int]): number of text sequences of each input (S = their sum).
         seq_to_input (LongTensor): (S,) index of the input each sequence belongs to.
         labels (LongTensor): (B,) the input's label, -1 when unknown.
-        appearance (Tensor): (R, C) appearance features of all RoIs of the batch.
-        object_classes (LongTensor): (R,) class of every RoI, -1 for none (the whole image).
-        roi_to_input (LongTensor): (R,) index of the input each RoI belongs to.
+        object_classes (LongTensor): (B, N) class of every RoI slot: -1 for the whole image
+            (background), -100 for padding and for inputs that give no classes.
     """
 
     num_choices: List[int]
     seq_to_input: torch.Tensor
     labels: torch.Tensor
-    appearance: torch.Tensor
     object_classes: torch.Tensor
-    roi_to_input: torch.Tensor
 
 
 def _pad_stack(tensors, value=0):
@@ -51,7 +49,7 @@ class VLBERT(nn.Module):
     * ``image``: (3, H, W) tensor in ``INPUT.FORMAT``;
     * ``boxes``: (N, 4) RoIs (x1, y1, x2, y2) in pixels of ``image``, RoI 0 being the whole image;
     * ``masks`` (optional): (N, M, M) soft instance masks of the RoIs in box coordinates;
-    * ``object_classes`` (optional): (N,) class of each RoI, -1 for none;
+    * ``object_classes`` (optional): (N,) class of each RoI, -1 for the whole image;
     * ``input_ids``, ``token_type_ids``, ``text_mask``, ``text_tags``: (K, L) the K text
       sequences (e.g. one per answer choice); ``text_tags`` is the RoI whose visual feature a
       token carries (0: the whole image);
@@ -75,6 +73,11 @@ class VLBERT(nn.Module):
             from ..checkpoint.detector import load_detector_weights
 
             load_detector_weights(region_extractor, cfg.MODEL.VLBERT.DETECTOR_WEIGHTS)
+        elif not cfg.MODEL.WEIGHTS and cfg.MODEL.RESNETS.NORM == "FrozenBN":
+            logging.getLogger(__name__).warning(
+                "The visual trunk starts from random weights, and its BatchNorm (and the stages "
+                "below MODEL.BACKBONE.FREEZE_AT) are frozen: set MODEL.VLBERT.DETECTOR_WEIGHTS (the "
+                "Visual Genome detector of the paper) or MODEL.WEIGHTS.")
         bert = build_bert(cfg, vocab_size=len(build_tokenizer(cfg)))
         vl_bert = VisualLinguisticBert(bert, visual_ln_init=cfg.MODEL.VLBERT.VISUAL_LN_INIT)
         fusion = VisualFusion(
@@ -84,7 +87,7 @@ class VLBERT(nn.Module):
             dropout=cfg.MODEL.VLBERT.FUSION_DROPOUT,
             wave_length=cfg.MODEL.VLBERT.GEOMETRY_WAVE_LENGTH,
         )
-        head = build_vlbert_head(cfg, vl_bert.hidden_size, region_extractor.out_channels)
+        head = build_vlbert_head(cfg, vl_bert.hidden_size)
         return {"region_extractor": region_extractor, "fusion": fusion, "vl_bert": vl_bert,
                 "head": head, "pixel_mean": cfg.MODEL.PIXEL_MEAN, "pixel_std": cfg.MODEL.PIXEL_STD}
 
@@ -135,16 +138,15 @@ class VLBERT(nn.Module):
 
         outputs = self.vl_bert(input_ids, token_type_ids, text_mask, text_visual,
                                obj_seq, obj_mask[seq_to_input], output_attentions=output_attentions)
-        object_classes = torch.cat([
-            x["object_classes"] if "object_classes" in x else torch.full((c,), -1, dtype=torch.long)
+        object_classes = torch.full((B, N), -100, dtype=torch.long, device=dev)
+        object_classes[roi_to_input, slot] = torch.cat([
+            x["object_classes"] if "object_classes" in x else torch.full((c,), -100, dtype=torch.long)
             for x, c in zip(batched_inputs, counts)]).to(dev)
         batch = VLBertBatch(
             num_choices=num_choices,
             seq_to_input=seq_to_input,
             labels=torch.tensor([int(x.get("label", -1)) for x in batched_inputs], device=dev),
-            appearance=appearance,
             object_classes=object_classes,
-            roi_to_input=roi_to_input,
         )
         return outputs, batch
 

@@ -14,15 +14,17 @@ words or lists of object indices), ``answer_label``, ``rationale_label`` (absent
 """
 import json
 import logging
+import math
 import os
 
 from detectron2.data import DatasetCatalog, MetadataCatalog
 from detectron2.data.datasets.builtin_meta import COCO_CATEGORIES
+from detectron2.utils.logger import log_first_n
 
 logger = logging.getLogger(__name__)
 
-# VCR's objects are named with the COCO thing classes.
-VCR_CLASSES = [c["name"] for c in COCO_CATEGORIES if c["isthing"]]
+# VCR's objects are named with the COCO thing classes, written without spaces ("diningtable").
+VCR_CLASSES = [c["name"].replace(" ", "") for c in COCO_CATEGORIES if c["isthing"]]
 NUM_CHOICES = 4
 _REQUIRED = ("question", "answer_choices", "rationale_choices", "objects", "img_fn",
              "metadata_fn", "annot_id")
@@ -82,7 +84,7 @@ def load_vcr_jsonl(jsonl_file, image_root, class_names=VCR_CLASSES, require_labe
             metadata file. Every message names the file, the line and the field.
     """
     class_index = {name: i for i, name in enumerate(class_names)}
-    dicts = []
+    dicts, seen = [], {}
     with open(jsonl_file, encoding="utf-8") as f:
         for lineno, line in enumerate(f, start=1):
             where = f"{jsonl_file}:{lineno}"
@@ -117,6 +119,13 @@ def load_vcr_jsonl(jsonl_file, image_root, class_names=VCR_CLASSES, require_labe
             answer_label = _check_label(record, "answer_label", where, require_labels)
             rationale_label = _check_label(record, "rationale_label", where, require_labels)
             paths = {}
+            for field in ("img_fn", "metadata_fn", "annot_id"):
+                if not isinstance(record[field], str):
+                    raise VCRFormatError(f"{where}: field '{field}' must be a string, got {record[field]!r}")
+            if record["annot_id"] in seen:
+                raise VCRFormatError(f"{where}: field 'annot_id': '{record['annot_id']}' already used at "
+                                     f"line {seen[record['annot_id']]}")
+            seen[record["annot_id"]] = lineno
             for field in ("img_fn", "metadata_fn"):
                 path = os.path.join(image_root, record[field])
                 if not os.path.isfile(path):
@@ -161,9 +170,21 @@ def load_vcr_metadata(path, num_objects, source):
     if len(boxes) != num_objects:
         raise VCRFormatError(f"{path}: field 'boxes' has {len(boxes)} entries but {source} "
                              f"lists {num_objects} objects")
+    try:
+        width, height = int(meta["width"]), int(meta["height"])
+    except (TypeError, ValueError):
+        raise VCRFormatError(f"{path}: fields 'width'/'height' must be integers (metadata of {source})") from None
+    checked = []
     for i, box in enumerate(boxes):
-        if len(box) < 4:
-            raise VCRFormatError(f"{path}: field 'boxes[{i}]' must be [x1, y1, x2, y2, score]")
+        try:
+            x1, y1, x2, y2 = (float(v) for v in box[:4])
+        except (TypeError, ValueError):
+            x1 = y1 = x2 = y2 = float("nan")
+        # Finite and not inverted; parts outside the image are clipped by the mapper.
+        if not (isinstance(box, list) and len(box) >= 4 and x1 <= x2 and y1 <= y2 and math.isfinite(x2 - x1 + y2 - y1)):
+            raise VCRFormatError(f"{path}: field 'boxes[{i}]' is {box!r}; a box is [x1, y1, x2, y2, "
+                                 f"score] with x1 <= x2 and y1 <= y2 (metadata of {source})")
+        checked.append([x1, y1, x2, y2])
     segms = meta.get("segms") or [[] for _ in boxes]
     if len(segms) != num_objects:
         raise VCRFormatError(f"{path}: field 'segms' has {len(segms)} entries but {source} "
@@ -171,13 +192,20 @@ def load_vcr_metadata(path, num_objects, source):
     polygons = []
     for i, obj in enumerate(segms):
         try:
-            polygons.append([[float(v) for point in poly for v in point] for poly in obj
-                             if len(poly) >= 3])
+            ok = all(len(point) == 2 for poly in obj for point in poly)
+            polys = [[float(v) for point in poly for v in point] for poly in obj] if ok else []
         except (TypeError, ValueError):
-            raise VCRFormatError(f"{path}: field 'segms[{i}]' must be a list of polygons of "
-                                 "[x, y] points") from None
-    return {"boxes": [[float(v) for v in b[:4]] for b in boxes], "segms": polygons,
-            "width": int(meta["width"]), "height": int(meta["height"])}
+            ok = False
+        if not ok:
+            raise VCRFormatError(f"{path}: field 'segms[{i}]' must be a list of polygons of [x, y] "
+                                 f"points (metadata of {source})")
+        kept = [poly for poly in polys if len(poly) >= 6]
+        if len(kept) < len(polys):
+            # A polygon of fewer than 3 points has no area; the mask uses the others (or the box).
+            log_first_n(logging.WARNING, f"{path}: segms[{i}]: skipped {len(polys) - len(kept)} "
+                        "polygon(s) with fewer than 3 points", n=20, key="message")
+        polygons.append(kept)
+    return {"boxes": checked, "segms": polygons, "width": width, "height": height}
 
 
 def register_vcr(name, root, split, class_names=VCR_CLASSES, evaluator_type="vcr"):
