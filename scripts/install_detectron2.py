@@ -24,7 +24,6 @@ import subprocess
 import sys
 import tarfile
 import tempfile
-import textwrap
 
 SDIST_REQUIREMENT = "pb1-detectron2==0.6"
 GITHUB_REQUIREMENT = "git+https://github.com/facebookresearch/detectron2.git@v0.6"

@@ -44,13 +44,14 @@ def check_datasets(names):
     them. Cheap: only checks that the paths exist, so it can run before building a model."""
     from detectron2.data import MetadataCatalog
 
-    missing = []
+    missing, seen = [], set()
     for name in names:
         meta = MetadataCatalog.get(name)
         for key in ("json_file", "image_root"):
             path = meta.get(key, None)
-            if path is not None and not os.path.exists(path) and path not in missing:
-                missing.append(path)
+            if path is not None and not os.path.exists(path) and path not in seen:
+                seen.add(path)
+                missing.append(f"{path} (dataset '{name}')")
     if missing:
         raise FileNotFoundError(
             "Missing dataset files:\n  " + "\n  ".join(missing) + "\nSee datasets/README.md for how "

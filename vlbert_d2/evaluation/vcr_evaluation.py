@@ -12,9 +12,9 @@ from detectron2.evaluation import DatasetEvaluator
 from detectron2.utils import comm
 from detectron2.utils.file_io import PathManager
 
-logger = logging.getLogger(__name__)
+from ..data.datasets.vcr import NUM_CHOICES
 
-NUM_CHOICES = 4
+logger = logging.getLogger(__name__)
 
 
 class VCREvaluator(DatasetEvaluator):

@@ -218,12 +218,9 @@ def register_vcr(name, root, split, class_names=VCR_CLASSES, evaluator_type="vcr
     image_root = os.path.join(root, "vcr1images")
 
     def load():
-        missing = [p for p in (jsonl, image_root) if not os.path.exists(p)]
-        if missing:
-            raise FileNotFoundError(
-                f"Dataset '{name}' is missing {', '.join(missing)}. See datasets/README.md for "
-                "how to download VCR and lay it out (or set DETECTRON2_DATASETS to the folder "
-                "that holds vcr/).")
+        from .. import check_datasets  # the same message as the early check in tools/
+
+        check_datasets([name])
         return load_vcr_jsonl(jsonl, image_root, class_names, require_labels=split != "test")
 
     DatasetCatalog.register(name, load)
