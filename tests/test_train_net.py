@@ -103,3 +103,25 @@ def test_resume_continues_from_the_last_checkpoint(size_data, tmp_path):
 def test_eval_only_resume_without_checkpoint_refuses(size_data, tmp_path):
     res = run(["--config-file", TINY_YAML, "--eval-only", "--resume", "OUTPUT_DIR", str(tmp_path / "empty")], size_data)
     assert res.returncode != 0 and "no checkpoint in" in res.stderr
+
+
+def test_precomputed_features_through_the_tools(size_data, tmp_path):
+    cache = tmp_path / "cache"
+    env = dict(os.environ, DETECTRON2_DATASETS=str(size_data), OMP_NUM_THREADS="1")
+    small = ["MODEL.VLBERT.NUM_LAYERS", "1"]
+    ext = subprocess.run([sys.executable, os.path.join(REPO, "tools", "extract_features.py"),
+                          "--config-file", TINY_YAML, "--datasets", "synthetic_vcr_size_train",
+                          "synthetic_vcr_size_val", "--output", str(cache), "--num-workers", "1"] + small,
+                         cwd=REPO, env=env, capture_output=True, text=True, timeout=300)
+    assert ext.returncode == 0, ext.stderr[-3000:]
+    assert "'extracted': 32" in ext.stdout  # 24 train + 8 val images
+    out = tmp_path / "out"
+    common = small + ["MODEL.VLBERT.FEATURE_CACHE", str(cache), "DATALOADER.NUM_WORKERS", "0",
+                      "SOLVER.IMS_PER_BATCH", "4"]
+    train = run(["--config-file", TINY_YAML] + common + ["SOLVER.MAX_ITER", "3", "SOLVER.STEPS", "(2,)",
+                "SOLVER.WARMUP_ITERS", "1", "TEST.EVAL_PERIOD", "3", "OUTPUT_DIR", str(out)], size_data)
+    assert train.returncode == 0, train.stderr[-3000:]
+    ev = run(["--config-file", TINY_YAML, "--eval-only"] + common +
+             ["MODEL.WEIGHTS", str(out / "model_final.pth"), "OUTPUT_DIR", str(tmp_path / "eval")], size_data)
+    assert ev.returncode == 0, ev.stderr[-3000:]
+    assert copypaste_metrics(ev.stdout) == copypaste_metrics(train.stdout)

@@ -54,7 +54,7 @@ def make_input(rois, image_hw, text_len, seed=0):
     }
 
 
-def run_one(name, device, iters, rois):
+def run_one(name, device, iters, rois, precomputed=False):
     import torch
     from detectron2.config import get_cfg
     from detectron2.modeling import build_model
@@ -68,8 +68,16 @@ def run_one(name, device, iters, rois):
     cfg.merge_from_list(overrides + ["MODEL.DEVICE", device])
     cfg.DATASETS.TRAIN = ("vcr_train",)  # only for its 80 object classes (RoI classification)
     model = build_model(cfg).train()
-    optimizer = build_optimizer(cfg, model)
     batch = [make_input(rois, (600, 1000), 20)]
+    if precomputed:
+        # What the precomputed-feature mode feeds: stored RoI features instead of the image;
+        # the CNN is frozen and not run.
+        with torch.no_grad():
+            feats, sizes = model.region_features(batch, [batch[0]["boxes"].to(model.device)])
+        batch = [dict({k: v for k, v in batch[0].items() if k not in ("image", "masks")},
+                      features=feats.cpu(), image_size=sizes[0])]
+        model.region_extractor.requires_grad_(False)
+    optimizer = build_optimizer(cfg, model)
     times = []
     for i in range(iters + 1):
         if device == "cuda":
@@ -84,7 +92,8 @@ def run_one(name, device, iters, rois):
         if i > 0:  # the first iteration is a warm-up
             times.append(time.perf_counter() - start)
     result = {
-        "model": name, "device": device, "threads": torch.get_num_threads(),
+        "model": name + (" (precomputed)" if precomputed else ""), "device": device,
+        "threads": torch.get_num_threads(),
         "params_M": round(sum(p.numel() for p in model.parameters()) / 1e6, 1),
         "sec_per_iter": round(sum(times) / len(times), 3),
         "iters_per_sec": round(len(times) / sum(times), 3),
@@ -101,22 +110,26 @@ def main():
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--iters", type=int, default=3, help="timed iterations (default: 3)")
     parser.add_argument("--rois", type=int, default=20, help="RoIs incl. the whole image (default: 20)")
+    parser.add_argument("--modes", nargs="+", default=["e2e", "precomputed"], choices=["e2e", "precomputed"],
+                        help="end to end from pixels, and/or from precomputed RoI features")
     parser.add_argument("--one", help=argparse.SUPPRESS)
+    parser.add_argument("--precomputed", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.one:
-        return run_one(args.one, args.device, args.iters, args.rois)
+        return run_one(args.one, args.device, args.iters, args.rois, args.precomputed)
     print(f"one VCR-sized sample: 4 choices, 600x1000 image, {args.rois} RoIs; "
           f"{args.iters} timed iterations after 1 warm-up")
-    for name in args.models:
+    for name, mode in [(n, m) for n in args.models for m in args.modes]:
         proc = subprocess.run([sys.executable, __file__, "--one", name, "--device", args.device,
-                               "--iters", str(args.iters), "--rois", str(args.rois)],
+                               "--iters", str(args.iters), "--rois", str(args.rois)]
+                              + (["--precomputed"] if mode == "precomputed" else []),
                               capture_output=True, text=True)
         lines = [l for l in proc.stdout.splitlines() if l.startswith("RESULT ")]
         if proc.returncode != 0 or not lines:
             print(f"{name}: failed\n{proc.stderr[-2000:]}")
             continue
         r = json.loads(lines[-1][len("RESULT "):])
-        print(f"{name:5s} {r['params_M']:7.1f} M params  {r['sec_per_iter']:7.3f} s/iter  "
+        print(f"{r['model']:18s} {r['params_M']:7.1f} M params  {r['sec_per_iter']:7.3f} s/iter  "
               f"({r['iters_per_sec']:.3f} it/s)  peak RSS {r['peak_rss_MiB']} MiB"
               + (f"  peak CUDA {r['peak_cuda_MiB']} MiB" if "peak_cuda_MiB" in r else "")
               + f"  [{r['device']}, {r['threads']} threads]")

@@ -53,6 +53,10 @@ def add_vlbert_config(cfg):
     # model is built; its RPN and predictors are unused (and reported). MODEL.WEIGHTS, if set,
     # is loaded afterwards and takes precedence.
     _C.MODEL.VLBERT.DETECTOR_WEIGHTS = ""
+    # Precomputed-feature mode: a feature cache directory (tools/extract_features.py). When set,
+    # the model reads the RoI appearance features from it instead of running the CNN (the CNN's
+    # weights are then frozen); geometry embedding and fusion are unchanged.
+    _C.MODEL.VLBERT.FEATURE_CACHE = ""
     # Weight the res5 map of each RoI by its instance mask before average pooling (VCR gives
     # polygons for every object).
     _C.MODEL.VLBERT.USE_INSTANCE_MASKS = True

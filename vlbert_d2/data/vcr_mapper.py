@@ -19,6 +19,7 @@ from detectron2.structures import PolygonMasks
 
 from ..modeling.bert import build_tokenizer
 from .datasets.vcr import load_vcr_metadata
+from .feature_cache import FeatureCache
 
 logger = logging.getLogger(__name__)
 
@@ -79,7 +80,7 @@ class VCRDatasetMapper:
 
     @configurable
     def __init__(self, is_train, *, tokenizer, augmentations, image_format, task, max_text_len,
-                 mask_size=14, use_masks=True):
+                 mask_size=14, use_masks=True, feature_cache=None):
         """
         Args:
             is_train (bool): training (the label is required) or inference.
@@ -91,6 +92,8 @@ class VCRDatasetMapper:
                 [SEP]s not counted).
             mask_size (int): side of the instance masks (the RoIAlign resolution).
             use_masks (bool): produce instance masks from the polygons.
+            feature_cache (FeatureCache or None): precomputed-feature mode: RoI features, boxes
+                and image size come from this cache instead of the image.
         """
         if max_text_len < 2:
             raise ValueError(f"INPUT.MAX_TEXT_LEN must be at least 2 (one piece per sentence), got {max_text_len}")
@@ -104,6 +107,7 @@ class VCRDatasetMapper:
         self.max_text_len = max_text_len
         self.mask_size = mask_size
         self.use_masks = use_masks
+        self.feature_cache = feature_cache
         self._piece_cache = {}
 
     @classmethod
@@ -122,6 +126,7 @@ class VCRDatasetMapper:
             "max_text_len": cfg.INPUT.MAX_TEXT_LEN,
             "mask_size": cfg.MODEL.VLBERT.POOLER_RESOLUTION,
             "use_masks": cfg.MODEL.VLBERT.USE_INSTANCE_MASKS,
+            "feature_cache": FeatureCache(cfg.MODEL.VLBERT.FEATURE_CACHE) if cfg.MODEL.VLBERT.FEATURE_CACHE else None,
         }
 
     def _tokenize(self, word):
@@ -172,6 +177,29 @@ class VCRDatasetMapper:
 
     def __call__(self, dataset_dict):
         d = copy.copy(dataset_dict)
+        _, _, label = self._contexts_and_choices(d)
+        if self.is_train and label is None:
+            raise ValueError(f"{d['source']}: training needs the label of task {self.task}")
+        out = self.precomputed_inputs(d) if self.feature_cache is not None else self.image_inputs(d)
+        out.update({
+            "object_classes": torch.tensor([-1] + list(d["object_classes"]), dtype=torch.long),
+            "label": -1 if label is None else label,
+            "annot_id": d["annot_id"],
+        })
+        out.update(self.encode_text(d))
+        return out
+
+    def precomputed_inputs(self, d):
+        """Features, boxes and image size of the record's image from the feature cache."""
+        features, boxes, (h, w) = self.feature_cache.get(d["img_fn"])
+        if len(boxes) != len(d["objects"]) + 1:
+            raise ValueError(f"{d['source']}: the feature cache {self.feature_cache.directory} has "
+                             f"{len(boxes)} RoIs for '{d['img_fn']}', the record {len(d['objects'])} "
+                             "objects + the whole image")
+        return {"features": features, "boxes": boxes, "image_size": (h, w), "height": h, "width": w}
+
+    def image_inputs(self, d):
+        """The resized image, its RoIs (whole image first) and their instance masks."""
         meta = load_vcr_metadata(d["metadata_file"], len(d["objects"]), d["source"])
         try:
             image = utils.read_image(d["file_name"], format=self.image_format)
@@ -190,20 +218,13 @@ class VCRDatasetMapper:
         boxes[:, 0::2] = boxes[:, 0::2].clamp(0, nw)
         boxes[:, 1::2] = boxes[:, 1::2].clamp(0, nh)
 
-        _, _, label = self._contexts_and_choices(d)
-        if self.is_train and label is None:
-            raise ValueError(f"{d['source']}: training needs the label of task {self.task}")
         out = {
             "image": torch.as_tensor(np.ascontiguousarray(image.transpose(2, 0, 1))),
             "height": h, "width": w,
             "boxes": boxes,
-            "object_classes": torch.tensor([-1] + list(d["object_classes"]), dtype=torch.long),
-            "label": -1 if label is None else label,
-            "annot_id": d["annot_id"],
         }
         if self.use_masks:
             out["masks"] = self._masks(meta["segms"], boxes, transforms)
-        out.update(self.encode_text(d))
         return out
 
     def _masks(self, segms, boxes, transforms):

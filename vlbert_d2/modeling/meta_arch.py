@@ -88,6 +88,9 @@ class VLBERT(nn.Module):
             wave_length=cfg.MODEL.VLBERT.GEOMETRY_WAVE_LENGTH,
         )
         head = build_vlbert_head(cfg, vl_bert.hidden_size)
+        if cfg.MODEL.VLBERT.FEATURE_CACHE:
+            # Precomputed features: the CNN is not run, so it must not expect gradients (DDP).
+            region_extractor.requires_grad_(False)
         return {"region_extractor": region_extractor, "fusion": fusion, "vl_bert": vl_bert,
                 "head": head, "pixel_mean": cfg.MODEL.PIXEL_MEAN, "pixel_std": cfg.MODEL.PIXEL_STD}
 
@@ -99,6 +102,22 @@ class VLBERT(nn.Module):
         images = [(x["image"].to(self.device) - self.pixel_mean) / self.pixel_std for x in batched_inputs]
         return ImageList.from_tensors(images, self.region_extractor.backbone.size_divisibility)
 
+    def region_features(self, batched_inputs, boxes):
+        """RoI appearance features, from the CNN or, in precomputed-feature mode, from the inputs.
+
+        Returns:
+            (Tensor (R, C), list[(height, width)]): features of all RoIs, and the size of the
+            image each input's boxes refer to.
+        """
+        if all("features" in x for x in batched_inputs):
+            features = torch.cat([x["features"] for x in batched_inputs]).to(self.device, torch.float32)
+            return features, [tuple(x["image_size"]) for x in batched_inputs]
+        if any("features" in x for x in batched_inputs):
+            raise ValueError("a batch mixes inputs with and without precomputed features")
+        images = self.preprocess_image(batched_inputs)
+        masks = [x["masks"].to(self.device) if "masks" in x else None for x in batched_inputs]
+        return self.region_extractor(images.tensor, [Boxes(b) for b in boxes], masks), images.image_sizes
+
     def encode(self, batched_inputs, output_attentions=False):
         """Run the visual side and the transformer over every text sequence of the batch.
 
@@ -106,15 +125,13 @@ class VLBERT(nn.Module):
             (VLBertOutput, VLBertBatch)
         """
         dev = self.device
-        images = self.preprocess_image(batched_inputs)
         boxes = [x["boxes"].to(dev, torch.float32) for x in batched_inputs]
-        masks = [x["masks"].to(dev) if "masks" in x else None for x in batched_inputs]
-        appearance = self.region_extractor(images.tensor, [Boxes(b) for b in boxes], masks)
+        appearance, image_sizes = self.region_features(batched_inputs, boxes)
 
         counts = [len(b) for b in boxes]
         roi_to_input = torch.repeat_interleave(torch.arange(len(boxes), device=dev),
                                                torch.tensor(counts, device=dev))
-        sizes = torch.tensor(images.image_sizes, device=dev, dtype=torch.float32)[roi_to_input]
+        sizes = torch.tensor(image_sizes, device=dev, dtype=torch.float32)[roi_to_input]
         rois = self.fusion(appearance, torch.cat(boxes), sizes)  # (R, H)
 
         # (B, N, H) RoI embeddings, padded, and their mask.

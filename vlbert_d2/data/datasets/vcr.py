@@ -73,7 +73,7 @@ def load_vcr_jsonl(jsonl_file, image_root, class_names=VCR_CLASSES, require_labe
             ``rationale_label`` (train and val); test records have none.
 
     Returns:
-        list[dict]: one dataset dict per annotation, with ``file_name``, ``metadata_file``,
+        list[dict]: one dataset dict per annotation, with ``file_name``, ``img_fn``, ``metadata_file``,
         ``image_id``, ``annot_id``, ``objects``, ``object_classes``, ``question``,
         ``answer_choices``, ``rationale_choices``, ``answer_label``, ``rationale_label``
         (None when absent) and ``source`` ("file:line", for error messages downstream).
@@ -133,6 +133,7 @@ def load_vcr_jsonl(jsonl_file, image_root, class_names=VCR_CLASSES, require_labe
                 paths[field] = path
             dicts.append({
                 "file_name": paths["img_fn"],
+                "img_fn": record["img_fn"],
                 "metadata_file": paths["metadata_fn"],
                 "image_id": record["annot_id"],
                 "annot_id": record["annot_id"],
