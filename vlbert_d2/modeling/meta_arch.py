@@ -46,7 +46,9 @@ class VLBERT(nn.Module):
 
     Each input (a dict made by a task's dataset mapper) holds:
 
-    * ``image``: (3, H, W) tensor in ``INPUT.FORMAT``;
+    * ``image``: (3, H, W) tensor in ``INPUT.FORMAT``; or, in precomputed-feature mode,
+      ``features``: (N, C) RoI appearance features and ``image_size``: (H, W) of the image the
+      boxes refer to;
     * ``boxes``: (N, 4) RoIs (x1, y1, x2, y2) in pixels of ``image``, RoI 0 being the whole image;
     * ``masks`` (optional): (N, M, M) soft instance masks of the RoIs in box coordinates;
     * ``object_classes`` (optional): (N,) class of each RoI, -1 for the whole image;
