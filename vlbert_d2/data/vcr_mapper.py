@@ -146,19 +146,22 @@ class VCRDatasetMapper:
         contexts = [d["question"] + d["answer_choices"][a] for a in answers]
         return contexts, d["rationale_choices"], d["rationale_label"]
 
-    def encode_text(self, d):
-        """Token ids, segments, mask and RoI tags of every sequence of the record.
+    def encode_text(self, objects, contexts, choices):
+        """Token ids, segments, mask and RoI tags of every (context, choice) sequence.
+
+        Args:
+            objects (list[str]): the record's object class names.
+            contexts, choices (list[list]): VCR token lists of sentence A and of sentence B.
 
         Returns:
             dict of (K, L) LongTensors: input_ids, token_type_ids, text_mask, text_tags.
         """
         tok = self.tokenizer
-        contexts, choices, _ = self._contexts_and_choices(d)
         rows = []
         for context in contexts:
-            a = tokenize_vcr(context, d["objects"], self._tokenize)
+            a = tokenize_vcr(context, objects, self._tokenize)
             for choice in choices:
-                b = tokenize_vcr(choice, d["objects"], self._tokenize)
+                b = tokenize_vcr(choice, objects, self._tokenize)
                 a_, b_ = truncate_pair(a, b, self.max_text_len)
                 pieces = [tok.cls_token] + a_[0] + [tok.sep_token] + b_[0] + [tok.sep_token]
                 tags = [WHOLE_IMAGE] + a_[1] + [WHOLE_IMAGE] + b_[1] + [WHOLE_IMAGE]
@@ -177,7 +180,7 @@ class VCRDatasetMapper:
 
     def __call__(self, dataset_dict):
         d = copy.copy(dataset_dict)
-        _, _, label = self._contexts_and_choices(d)
+        contexts, choices, label = self._contexts_and_choices(d)
         if self.is_train and label is None:
             raise ValueError(f"{d['source']}: training needs the label of task {self.task}")
         out = self.precomputed_inputs(d) if self.feature_cache is not None else self.image_inputs(d)
@@ -186,7 +189,7 @@ class VCRDatasetMapper:
             "label": -1 if label is None else label,
             "annot_id": d["annot_id"],
         })
-        out.update(self.encode_text(d))
+        out.update(self.encode_text(d["objects"], contexts, choices))
         return out
 
     def precomputed_inputs(self, d):
