@@ -12,43 +12,15 @@ Pickles can run code when loaded, so :func:`load_weights_pickle` only rebuilds p
 numbers, strings and numpy arrays and refuses anything else.
 """
 import logging
-import pickle
 
 import numpy as np
 import torch
 
+from ..utils.safe_pickle import NUMPY_GLOBALS, PLAIN_GLOBALS, UnsafePickleError, restricted_load
+
 logger = logging.getLogger(__name__)
 
-# What a weights pickle may contain: numpy arrays (and their dtypes and scalars) and the
-# builtin containers, which pickle rebuilds without any global.
-_ALLOWED_GLOBALS = {
-    ("numpy.core.multiarray", "_reconstruct"),
-    ("numpy._core.multiarray", "_reconstruct"),
-    ("numpy.core.multiarray", "scalar"),
-    ("numpy._core.multiarray", "scalar"),
-    ("numpy", "ndarray"),
-    ("numpy", "dtype"),
-    ("collections", "OrderedDict"),
-    # Protocol-2 pickles (Python 2 era, still common for these files) store bytes this way.
-    ("_codecs", "encode"),
-}
-
-
-class UnsafePickleError(pickle.UnpicklingError):
-    """A pickle that asks for something other than containers, numbers and numpy arrays."""
-
-
-class _WeightsUnpickler(pickle.Unpickler):
-    def __init__(self, file, path):
-        super().__init__(file, encoding="latin1")  # latin1: pickles written by Python 2
-        self._path = path
-
-    def find_class(self, module, name):
-        if (module, name) in _ALLOWED_GLOBALS:
-            return super().find_class(module, name)
-        raise UnsafePickleError(
-            f"{self._path}: refusing to load '{module}.{name}': a weights file may only hold "
-            "containers, numbers, strings and numpy arrays (loading anything else can run code)")
+__all__ = ["UnsafePickleError", "load_weights_pickle", "map_detector_weights", "load_detector_weights"]
 
 
 def load_weights_pickle(path):
@@ -58,13 +30,7 @@ def load_weights_pickle(path):
         dict[str, np.ndarray]: the ``model`` entry of the file (or the file itself when it is
         a flat dict of arrays).
     """
-    with open(path, "rb") as f:
-        try:
-            obj = _WeightsUnpickler(f, path).load()
-        except UnsafePickleError:
-            raise
-        except Exception as e:
-            raise pickle.UnpicklingError(f"{path}: cannot read it as a weights pickle: {type(e).__name__}: {e}") from e
+    obj = restricted_load(path, NUMPY_GLOBALS | PLAIN_GLOBALS, what="a weights file")
     weights = obj.get("model", obj) if isinstance(obj, dict) else None
     if not isinstance(weights, dict) or not all(isinstance(v, np.ndarray) for v in weights.values()):
         raise ValueError(f"{path}: expected {{'model': {{name: numpy array}}}} (detectron2's .pkl format)")
