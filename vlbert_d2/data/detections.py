@@ -1,0 +1,113 @@
+"""Per-image detection files in the bottom-up-attention JSON format.
+
+The Visual Genome Faster R-CNN of Anderson et al. (bottom-up attention) and the official VL-BERT
+preparation store one JSON file per image::
+
+    {"image_id": 42, "image_w": 640, "image_h": 480, "num_boxes": 36,
+     "boxes": base64(float32 N x 4, x1 y1 x2 y2 in pixels),
+     "features": base64(float32 N x D)        # optional (D = 2048 for the R101 detector)
+     "classes": base64(float32 N x C)}        # optional: class distribution (C = 1601 with
+                                              # background for Visual Genome)
+
+VQA v2 reads the boxes (and, in precomputed-feature mode, the features); pre-training reads the
+class distributions as the targets of masked RoI classification.
+"""
+import base64
+import json
+import os
+
+import numpy as np
+
+_ARRAYS = ("boxes", "features", "classes")
+
+
+class DetectionFormatError(ValueError):
+    """A detection file that does not follow the format; the message names file and field."""
+
+
+def _encode(array):
+    return base64.b64encode(np.ascontiguousarray(array, dtype=np.float32).tobytes()).decode("ascii")
+
+
+def encode_detection(image_id, image_w, image_h, boxes, features=None, classes=None):
+    """The JSON-serialisable dict of one image's detections (see the module docstring)."""
+    boxes = np.asarray(boxes, dtype=np.float32).reshape(-1, 4)
+    record = {"image_id": image_id, "image_w": int(image_w), "image_h": int(image_h),
+              "num_boxes": int(len(boxes)), "boxes": _encode(boxes)}
+    for key, value in (("features", features), ("classes", classes)):
+        if value is not None:
+            value = np.asarray(value, dtype=np.float32)
+            if value.ndim != 2 or len(value) != len(boxes):
+                raise ValueError(f"{key} must be (num_boxes={len(boxes)}, D), got {value.shape}")
+            record[key] = _encode(value)
+    return record
+
+
+def write_detection(path, record):
+    """Write a record atomically (a reader never sees a half-written file)."""
+    os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
+    tmp = path + ".tmp"
+    with open(tmp, "w") as f:
+        json.dump(record, f)
+    os.replace(tmp, path)
+
+
+def _decode(record, key, num_boxes, path, width=None):
+    try:
+        raw = base64.b64decode(record[key], validate=True)
+    except (TypeError, ValueError) as e:
+        raise DetectionFormatError(f"{path}: field '{key}' is not valid base64 ({e})") from None
+    if len(raw) % 4:
+        raise DetectionFormatError(f"{path}: field '{key}' holds {len(raw)} bytes, not float32 values")
+    values = np.frombuffer(raw, dtype=np.float32)
+    if num_boxes == 0 or len(values) % num_boxes or (width is not None and len(values) != num_boxes * width):
+        expected = f"{num_boxes} x {width}" if width is not None else f"a multiple of {num_boxes}"
+        raise DetectionFormatError(f"{path}: field '{key}' has {len(values)} float32 values, "
+                                   f"expected {expected} (num_boxes = {num_boxes})")
+    return values.reshape(num_boxes, -1).copy()
+
+
+def parse_detection(record, path="<detection>"):
+    """Validate and decode a detection record.
+
+    Returns:
+        dict with ``image_id``, ``image_w``, ``image_h``, ``boxes`` (N, 4) float32 and, when
+        present, ``features`` (N, D) and ``classes`` (N, C).
+    """
+    if not isinstance(record, dict):
+        raise DetectionFormatError(f"{path}: expected a JSON object, got {type(record).__name__}")
+    for key in ("image_w", "image_h", "num_boxes", "boxes"):
+        if key not in record:
+            raise DetectionFormatError(f"{path}: missing field '{key}'")
+    for key in ("image_w", "image_h", "num_boxes"):
+        value = record[key]
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or value != int(value) or value < 0:
+            raise DetectionFormatError(f"{path}: field '{key}' must be a non-negative integer, got {value!r}")
+    n = int(record["num_boxes"])
+    if n == 0:
+        raise DetectionFormatError(f"{path}: field 'num_boxes' is 0: an image needs at least one box")
+    w, h = int(record["image_w"]), int(record["image_h"])
+    out = {"image_id": record.get("image_id"), "image_w": w, "image_h": h,
+           "boxes": _decode(record, "boxes", n, path, width=4)}
+    for key in ("features", "classes"):
+        if record.get(key) is not None:
+            out[key] = _decode(record, key, n, path)
+    b = out["boxes"]
+    bad = ~np.isfinite(b).all(1) | (b[:, 2] < b[:, 0]) | (b[:, 3] < b[:, 1])
+    if bad.any():
+        i = int(np.flatnonzero(bad)[0])
+        raise DetectionFormatError(f"{path}: field 'boxes': box {i} {b[i].tolist()} is not "
+                                   "x1 <= x2, y1 <= y2 (finite)")
+    return out
+
+
+def read_detection(path):
+    """Read and validate one detection file (see :func:`parse_detection`)."""
+    try:
+        with open(path) as f:
+            record = json.load(f)
+    except FileNotFoundError:
+        raise FileNotFoundError(f"detection file not found: {path}") from None
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise DetectionFormatError(f"{path}: not valid JSON ({e})") from None
+    return parse_detection(record, path)
