@@ -13,6 +13,9 @@ Layout under ``root`` (same as the official release)::
 
 Example:
     python -m vlbert_d2.data.synthetic --root datasets/synthetic_vcr --seed 0
+
+The same scenes in the VQA v2 and RefCOCO+ layouts: ``--format vqa`` / ``--format refcoco+``
+(see :mod:`vlbert_d2.data.synthetic.coco_tasks`).
 """
 import argparse
 import json
@@ -281,33 +284,93 @@ def _disk_usage(root):
     return sum(os.path.getsize(os.path.join(d, f)) for d, _, fs in os.walk(root) for f in fs)
 
 
+# Default output folder per --format: the folders that vlbert_d2.data registers.
+_DEFAULT_ROOTS = {"vcr": "datasets/synthetic_vcr", "vqa": "datasets/synthetic_vqa",
+                  "refcoco+": "datasets/synthetic_refcoco"}
+VCR_QUESTION_TYPES = ("color", "position", "size")
+
+
+def _parse_counts(p, items, defaults):
+    counts = dict(defaults)
+    for item in items:
+        split, sep, n = item.partition("=")
+        if not sep or split not in defaults or not n.isdigit():
+            p.error(f"--counts {item!r}: expected SPLIT=N with SPLIT one of {', '.join(defaults)}")
+        counts[split] = int(n)
+    return counts
+
+
 def main(argv=None):
+    # Imported here: coco_tasks imports this module's helpers.
+    from .coco_tasks import FORMATS
+
+    formats = {"vcr": (generate_vcr, ensure_synthetic_vcr, DEFAULT_COUNTS, VCR_QUESTION_TYPES,
+                       "question_types"), **FORMATS}
     p = argparse.ArgumentParser(
         prog="python -m vlbert_d2.data.synthetic",
         description="Write a deterministic synthetic dataset (colored balls, boxes and "
                     "kites) in the official VCR format: {train,val,test}.jsonl plus "
-                    "vcr1images/<movie>/<name>.{jpg,json}.")
-    p.add_argument("--root", default="datasets/synthetic_vcr", help="output folder (default: %(default)s)")
+                    "vcr1images/<movie>/<name>.{jpg,json}; or, with --format, in the VQA v2 "
+                    "or RefCOCO+ (REFER) layout (see vlbert_d2/data/synthetic/coco_tasks.py).")
+    p.add_argument("--format", choices=list(formats), default="vcr",
+                   help="dataset format (default: %(default)s)")
+    p.add_argument("--root", default=None,
+                   help="output folder (default: " + ", ".join(
+                       f"{v} for {k}" for k, v in _DEFAULT_ROOTS.items()) + ")")
     p.add_argument("--seed", type=int, default=0, help="random seed (default: %(default)s)")
     for split, n in DEFAULT_COUNTS.items():
-        p.add_argument(f"--{split}", type=int, default=n, help=f"{split} records (default: %(default)s)")
+        # None marks "not given": these options belong to VCR, other formats refuse them.
+        p.add_argument(f"--{split}", type=int, default=None, help=f"VCR {split} records (default: {n})")
+    p.add_argument("--counts", nargs="+", default=[], metavar="SPLIT=N",
+                   help="images (vcr: records) per split; splits not named keep their defaults "
+                        "(" + "; ".join(f"{k}: " + " ".join(f"{s}={n}" for s, n in v[2].items())
+                                        for k, v in formats.items()) + ")")
     p.add_argument("--image-size", type=int, nargs=2, default=(192, 128), metavar=("W", "H"),
                    help="image width and height (default: 192 128)")
-    p.add_argument("--question-types", nargs="+", default=["color", "position", "size"],
-                   choices=["color", "position", "size"], help="question types to draw from")
+    p.add_argument("--question-types", nargs="+", default=None, metavar="TYPE",
+                   help="question types (refcoco+: expression types) to draw from, default all ("
+                        + "; ".join(f"{k}: {' '.join(v[3])}" for k, v in formats.items()) + ")")
+    p.add_argument("--questions-per-image", type=int, default=None,
+                   help="vqa only: questions per image, of distinct types (default: 2)")
     p.add_argument("--force", action="store_true", help="regenerate even if a complete dataset exists")
     args = p.parse_args(argv)
 
-    kwargs = dict(counts={"train": args.train, "val": args.val, "test": args.test},
-                  seed=args.seed, image_size=tuple(args.image_size),
-                  question_types=tuple(args.question_types))
+    generate, ensure, defaults, known, types_key = formats[args.format]
+    if args.format != "vcr":
+        given = [f"--{s}" for s in DEFAULT_COUNTS if getattr(args, s) is not None]
+        if given:
+            p.error(f"{'/'.join(given)} are VCR options; for {args.format} use --counts "
+                    f"with splits {', '.join(defaults)}")
+    if args.questions_per_image is not None and args.format != "vqa":
+        p.error("--questions-per-image is a vqa option")
+    counts = _parse_counts(p, args.counts, defaults)
+    for split in DEFAULT_COUNTS if args.format == "vcr" else ():
+        if getattr(args, split) is not None:
+            counts[split] = getattr(args, split)
+    types = tuple(args.question_types or known)
+    unknown = [t for t in types if t not in known]
+    if unknown:
+        p.error(f"--question-types {' '.join(unknown)}: not a {args.format} type "
+                f"(choose from {', '.join(known)})")
+    root = args.root or _DEFAULT_ROOTS[args.format]
+    kwargs = {"counts": counts, "seed": args.seed, "image_size": tuple(args.image_size),
+              types_key: types}
+    if args.questions_per_image is not None:
+        kwargs["questions_per_image"] = args.questions_per_image
+
     start = time.time()
     if args.force:
-        generate_vcr(args.root, **kwargs)
-    elif not ensure_synthetic_vcr(args.root, **kwargs):
-        print(f"{args.root} is already complete; use --force to regenerate")
+        generate(root, **kwargs)
+    elif not ensure(root, **kwargs):
+        print(f"{root} is already complete; use --force to regenerate")
         return
-    for split, n in kwargs["counts"].items():
-        print(f"wrote {n} records to {os.path.join(args.root, split + '.jsonl')}")
-    print(f"images under {os.path.join(args.root, 'vcr1images')}; "
-          f"{_disk_usage(args.root) / 2**20:.1f} MiB in {time.time() - start:.1f} s")
+    if args.format == "vcr":
+        for split, n in counts.items():
+            print(f"wrote {n} records to {os.path.join(root, split + '.jsonl')}")
+        print(f"images under {os.path.join(root, 'vcr1images')}; "
+              f"{_disk_usage(root) / 2**20:.1f} MiB in {time.time() - start:.1f} s")
+    else:
+        for split, n in counts.items():
+            print(f"wrote {n} {args.format} {split} images")
+        print(f"{args.format} dataset under {root}; "
+              f"{_disk_usage(root) / 2**20:.1f} MiB in {time.time() - start:.1f} s")
