@@ -18,7 +18,7 @@ from vlbert_d2 import add_vlbert_config
 from vlbert_d2.checkpoint import VLBertCheckpointer
 from vlbert_d2.data import build_vlbert_mapper, check_datasets
 from vlbert_d2.evaluation import build_vlbert_evaluator
-from vlbert_d2.solver import build_optimizer
+from vlbert_d2.solver import build_lr_scheduler, build_optimizer
 
 
 class Trainer(DefaultTrainer):
@@ -44,6 +44,10 @@ class Trainer(DefaultTrainer):
     @classmethod
     def build_optimizer(cls, cfg, model):
         return build_optimizer(cfg, model)
+
+    @classmethod
+    def build_lr_scheduler(cls, cfg, optimizer):
+        return build_lr_scheduler(cfg, optimizer)
 
 
 def setup(args):

@@ -47,3 +47,30 @@ def _clip_full_model_norm(optimizer, max_norm, norm_type):
     FullModelClipped.__name__ = base.__name__ + "WithFullModelGradientClip"
     optimizer.__class__ = FullModelClipped
     return optimizer
+
+
+def build_lr_scheduler(cfg, optimizer):
+    """detectron2's schedulers, plus "WarmupLinearDecayLR" (``SOLVER.LR_SCHEDULER_NAME``): linear
+    warm-up from ``WARMUP_FACTOR`` over ``WARMUP_ITERS``, then linear decay to 0 at ``MAX_ITER``,
+    the schedule of the paper's VQA, RefCOCO+ and pre-training runs."""
+    from detectron2.solver import build_lr_scheduler as d2_build_lr_scheduler
+    from detectron2.solver.lr_scheduler import LRMultiplier
+    from fvcore.common.param_scheduler import CompositeParamScheduler, LinearParamScheduler
+
+    if cfg.SOLVER.LR_SCHEDULER_NAME != "WarmupLinearDecayLR":
+        return d2_build_lr_scheduler(cfg, optimizer)
+    if cfg.SOLVER.WARMUP_METHOD != "linear":
+        raise ValueError("WarmupLinearDecayLR needs SOLVER.WARMUP_METHOD 'linear'")
+    max_iter = cfg.SOLVER.MAX_ITER
+    warmup = min(cfg.SOLVER.WARMUP_ITERS / max_iter, 1.0)
+    # As BERT's (and the official VL-BERT's) WarmupLinearSchedule: the full rate is reached at
+    # the end of the warm-up, then decays linearly to 0 at MAX_ITER.
+    if warmup <= 0:
+        sched = LinearParamScheduler(1.0, 0.0)
+    elif warmup >= 1:  # a run shorter than its warm-up: warm-up only
+        sched = LinearParamScheduler(cfg.SOLVER.WARMUP_FACTOR, 1.0)
+    else:
+        sched = CompositeParamScheduler(
+            [LinearParamScheduler(cfg.SOLVER.WARMUP_FACTOR, 1.0), LinearParamScheduler(1.0, 0.0)],
+            lengths=[warmup, 1.0 - warmup], interval_scaling=["rescaled", "rescaled"])
+    return LRMultiplier(optimizer, multiplier=sched, max_iter=max_iter)
