@@ -13,11 +13,10 @@ import numpy as np
 import torch
 
 from detectron2.config import configurable
-from detectron2.data import detection_utils as utils
-from detectron2.data import transforms as T
 from detectron2.structures import PolygonMasks
 
 from ..modeling.bert import build_tokenizer
+from .common import WHOLE_IMAGE, build_resize_flip, pack_rows, read_image, resize_image_and_boxes
 from .datasets.vcr import load_vcr_metadata
 from .feature_cache import FeatureCache
 
@@ -27,7 +26,7 @@ logger = logging.getLogger(__name__)
 # VL-BERT uses its own, shorter list with a running count of the persons of a record.)
 GENDER_NEUTRAL_NAMES = ["Casey", "Riley", "Jessie", "Jackie", "Avery", "Jaime", "Peyton", "Kerry",
                         "Jody", "Kendall", "Peyton", "Skyler", "Frankie", "Pat", "Quinn"]
-WHOLE_IMAGE = 0  # RoI index of the whole image; object i is RoI i + 1
+# Object i of a record is RoI i + 1 (RoI 0, WHOLE_IMAGE, is the whole image).
 
 
 def object_name(objects, index):
@@ -101,7 +100,7 @@ class VCRDatasetMapper:
             raise ValueError(f"VCR task must be 'Q2A' or 'QA2R', got {task!r}")
         self.is_train = is_train
         self.tokenizer = tokenizer
-        self.augmentations = T.AugmentationList(augmentations)
+        self.augmentations = list(augmentations)
         self.image_format = image_format
         self.task = task
         self.max_text_len = max_text_len
@@ -112,15 +111,12 @@ class VCRDatasetMapper:
 
     @classmethod
     def from_config(cls, cfg, is_train=True):
-        if is_train:
-            sizes, max_size, style = cfg.INPUT.MIN_SIZE_TRAIN, cfg.INPUT.MAX_SIZE_TRAIN, cfg.INPUT.MIN_SIZE_TRAIN_SAMPLING
-        else:
-            sizes, max_size, style = cfg.INPUT.MIN_SIZE_TEST, cfg.INPUT.MAX_SIZE_TEST, "choice"
-        # No random flip: it would have to swap "left" and "right" in the text.
         return {
             "is_train": is_train,
             "tokenizer": build_tokenizer(cfg),
-            "augmentations": [T.ResizeShortestEdge(sizes, max_size, style)],
+            # No random flip: VCR's answers refer to objects by tags, and the official VCR
+            # fine-tuning does not flip either.
+            "augmentations": build_resize_flip(cfg, is_train, allow_flip=False),
             "image_format": cfg.INPUT.FORMAT,
             "task": cfg.MODEL.VLBERT.VCR.TASK,
             "max_text_len": cfg.INPUT.MAX_TEXT_LEN,
@@ -167,16 +163,7 @@ class VCRDatasetMapper:
                 tags = [WHOLE_IMAGE] + a_[1] + [WHOLE_IMAGE] + b_[1] + [WHOLE_IMAGE]
                 types = [0] * (len(a_[0]) + 2) + [1] * (len(b_[0]) + 1)
                 rows.append((tok.convert_tokens_to_ids(pieces), types, tags))
-        length = max(len(r[0]) for r in rows)
-        out = {k: torch.zeros((len(rows), length), dtype=torch.long)
-               for k in ("input_ids", "token_type_ids", "text_mask", "text_tags")}
-        for i, (ids, types, tags) in enumerate(rows):
-            n = len(ids)
-            out["input_ids"][i, :n] = torch.tensor(ids)
-            out["token_type_ids"][i, :n] = torch.tensor(types)
-            out["text_mask"][i, :n] = 1
-            out["text_tags"][i, :n] = torch.tensor(tags)
-        return out
+        return pack_rows(rows)
 
     def __call__(self, dataset_dict):
         d = copy.copy(dataset_dict)
@@ -204,25 +191,15 @@ class VCRDatasetMapper:
     def image_inputs(self, d):
         """The resized image, its RoIs (whole image first) and their instance masks."""
         meta = load_vcr_metadata(d["metadata_file"], len(d["objects"]), d["source"])
-        try:
-            image = utils.read_image(d["file_name"], format=self.image_format)
-        except FileNotFoundError:
-            raise FileNotFoundError(f"{d['source']}: field 'img_fn': file not found: {d['file_name']}") from None
+        image = read_image(d["file_name"], self.image_format, d["source"], field="img_fn")
         if image.shape[:2] != (meta["height"], meta["width"]):
             raise ValueError(f"{d['file_name']}: image is {image.shape[1]}x{image.shape[0]} but its "
                              f"metadata {d['metadata_file']} says {meta['width']}x{meta['height']}")
         h, w = image.shape[:2]
         boxes = np.array([[0.0, 0.0, w, h]] + meta["boxes"], dtype=np.float32).reshape(-1, 4)
-        aug = T.AugInput(image, boxes=boxes)
-        transforms = self.augmentations(aug)
-        image = aug.image
-        nh, nw = image.shape[:2]
-        boxes = torch.as_tensor(aug.boxes, dtype=torch.float32)
-        boxes[:, 0::2] = boxes[:, 0::2].clamp(0, nw)
-        boxes[:, 1::2] = boxes[:, 1::2].clamp(0, nh)
-
+        image, boxes, transforms, _ = resize_image_and_boxes(self.augmentations, image, boxes)
         out = {
-            "image": torch.as_tensor(np.ascontiguousarray(image.transpose(2, 0, 1))),
+            "image": image,
             "height": h, "width": w,
             "boxes": boxes,
         }

@@ -1,0 +1,82 @@
+"""Pieces every task's dataset mapper shares: image reading with named errors, the resize
+(and flip) of an image with its boxes, left/right swapping for flips, and packing text rows."""
+import re
+
+import numpy as np
+import torch
+
+from detectron2.data import detection_utils as utils
+from detectron2.data import transforms as T
+
+WHOLE_IMAGE = 0  # RoI index of the whole image
+
+
+def build_resize_flip(cfg, is_train, allow_flip=True):
+    """detectron2's shortest-edge resize, plus a random horizontal flip in training when
+    ``INPUT.RANDOM_FLIP`` is "horizontal" and the task can swap "left"/"right" in its text."""
+    if is_train:
+        augs = [T.ResizeShortestEdge(cfg.INPUT.MIN_SIZE_TRAIN, cfg.INPUT.MAX_SIZE_TRAIN,
+                                     cfg.INPUT.MIN_SIZE_TRAIN_SAMPLING)]
+    else:
+        augs = [T.ResizeShortestEdge(cfg.INPUT.MIN_SIZE_TEST, cfg.INPUT.MAX_SIZE_TEST, "choice")]
+    flip = cfg.INPUT.RANDOM_FLIP
+    if flip not in ("none", "horizontal"):
+        raise ValueError(f"INPUT.RANDOM_FLIP must be 'none' or 'horizontal' for VL-BERT, got {flip!r}")
+    if is_train and allow_flip and flip == "horizontal":
+        augs.append(T.RandomFlip(horizontal=True, vertical=False))
+    return augs
+
+
+def read_image(path, image_format, source, field="file_name"):
+    """Read an image; a missing file is reported with the record and field that named it."""
+    try:
+        return utils.read_image(path, format=image_format)
+    except FileNotFoundError:
+        raise FileNotFoundError(f"{source}: field '{field}': image not found: {path}") from None
+    except OSError as e:
+        raise OSError(f"{source}: field '{field}': cannot read image {path}: {e}") from None
+
+
+def resize_image_and_boxes(augmentations, image, boxes):
+    """Apply the augmentations to an image and its (N, 4) x1 y1 x2 y2 boxes.
+
+    Returns:
+        (Tensor (3, H', W') uint8, Tensor (N, 4) float32 clipped to the new image,
+         TransformList, bool: whether the image was flipped horizontally)
+    """
+    aug = T.AugInput(image, boxes=np.asarray(boxes, dtype=np.float32).reshape(-1, 4))
+    transforms = T.AugmentationList(augmentations)(aug)
+    h, w = aug.image.shape[:2]
+    out = torch.as_tensor(aug.boxes, dtype=torch.float32)
+    out[:, 0::2] = out[:, 0::2].clamp(0, w)
+    out[:, 1::2] = out[:, 1::2].clamp(0, h)
+    flipped = sum(isinstance(t, T.HFlipTransform) for t in transforms) % 2 == 1
+    image = torch.as_tensor(np.ascontiguousarray(aug.image.transpose(2, 0, 1)))
+    return image, out, transforms, flipped
+
+
+_LEFT_RIGHT = re.compile(r"\b(left|right)\b", re.IGNORECASE)
+
+
+def swap_left_right(text):
+    """"left" <-> "right" (whole words), as a horizontal flip requires of the text."""
+    def swap(m):
+        word = m.group(1)
+        new = "right" if word.lower() == "left" else "left"
+        return new.capitalize() if word[0].isupper() else new
+    return _LEFT_RIGHT.sub(swap, text)
+
+
+def pack_rows(rows):
+    """(input_ids, token_type_ids, tags) rows -> dict of (K, L) LongTensors padded with 0:
+    input_ids, token_type_ids, text_mask, text_tags."""
+    length = max(len(r[0]) for r in rows)
+    out = {k: torch.zeros((len(rows), length), dtype=torch.long)
+           for k in ("input_ids", "token_type_ids", "text_mask", "text_tags")}
+    for i, (ids, types, tags) in enumerate(rows):
+        n = len(ids)
+        out["input_ids"][i, :n] = torch.tensor(ids)
+        out["token_type_ids"][i, :n] = torch.tensor(types)
+        out["text_mask"][i, :n] = 1
+        out["text_tags"][i, :n] = torch.tensor(tags)
+    return out
