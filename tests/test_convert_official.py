@@ -161,3 +161,26 @@ def test_cli_converts_lists_unmapped_and_names_unreadable_files(tmp_path):
     assert res.returncode != 0 and str(broken) in res.stderr
     with pytest.raises(Exception, match="broken.model"):
         VLBertCheckpointer(torch.nn.Linear(1, 1))._load_file(str(broken))
+
+
+@pytest.mark.parametrize("task", ["vqa", "refcoco"])
+def test_finetuned_vqa_and_refcoco_heads_convert(task):
+    """The official fine-tuned heads (``final_mlp`` of the "mlm" VQA classifier and of the "mvrc"
+    RefCOCO+ scorer) land in this project's heads, with their shapes."""
+    from vlbert_d2.checkpoint.official import convert_official_state_dict
+    from vlbert_d2.modeling.heads import RefCOCOHead, VQAHead
+
+    H, A = 16, 7
+    head = VQAHead(hidden_size=H, num_answers=A) if task == "vqa" else RefCOCOHead(hidden_size=H)
+    shapes = {"head." + k: v.shape for k, v in head.state_dict().items()}
+    official = {"module.final_mlp.0.dense.weight": torch.randn(H, H), "module.final_mlp.0.dense.bias": torch.randn(H),
+                "module.final_mlp.2.weight": torch.randn(A if task == "vqa" else 1, H),
+                "module.final_mlp.2.bias": torch.randn(A if task == "vqa" else 1)}
+    if task == "vqa":
+        official.update({"module.final_mlp.0.LayerNorm.weight": torch.randn(H),
+                         "module.final_mlp.0.LayerNorm.bias": torch.randn(H)})
+    out, report = convert_official_state_dict(official, shapes)
+    assert not report.unmapped and set(out) == set(shapes)
+    head.load_state_dict({k[len("head."):]: v for k, v in out.items()}, strict=True)
+    assert torch.equal(head.classifier[1].weight, official["module.final_mlp.2.weight"])
+    assert torch.equal(head.transform[0].bias, official["module.final_mlp.0.dense.bias"])

@@ -57,6 +57,10 @@ def add_vlbert_config(cfg):
     # the model reads the RoI appearance features from it instead of running the CNN (the CNN's
     # weights are then frozen); geometry embedding and fusion are unchanged.
     _C.MODEL.VLBERT.FEATURE_CACHE = ""
+    # Precomputed-feature mode from the detection files (VQA): RoI features are the base64
+    # "features" of the bottom-up-attention JSON files (2048-d for the Visual Genome R101), the
+    # whole image's being their mean (official); the CNN is not run (and frozen).
+    _C.MODEL.VLBERT.DETECTION_FEATURES = False
     # Weight the res5 map of each RoI by its instance mask before average pooling (VCR gives
     # polygons for every object).
     _C.MODEL.VLBERT.USE_INSTANCE_MASKS = True
@@ -74,6 +78,16 @@ def add_vlbert_config(cfg):
     # background). 0 = off.
     _C.MODEL.VLBERT.VCR.ROI_CLS_LOSS_WEIGHT = 1.0
 
+    # --- VQA head (paper section 4.2.2) ---
+    _C.MODEL.VLBERT.VQA = CN()
+    # Dropout between the MLM-style transform of the [MASK] output and the answer classifier.
+    _C.MODEL.VLBERT.VQA.CLASSIFIER_DROPOUT = 0.1
+
+    # --- Referring expressions head (RefCOCO+, paper section 4.2.3) ---
+    _C.MODEL.VLBERT.REFCOCO = CN()
+    # Dropout between the MVRC-style transform of each RoI output and its scorer.
+    _C.MODEL.VLBERT.REFCOCO.CLASSIFIER_DROPOUT = 0.1
+
     # --- Input ---
     # Maximum number of word pieces of the two sentences together, [CLS] and [SEP]s not
     # counted (official); the longer sentence is truncated first.
@@ -83,4 +97,7 @@ def add_vlbert_config(cfg):
     # "SGD" (detectron2's, with SOLVER.MOMENTUM) or "ADAMW" (betas below).
     _C.SOLVER.OPTIMIZER = "SGD"
     _C.SOLVER.BETAS = (0.9, 0.999)
+    # SOLVER.LR_SCHEDULER_NAME also accepts "WarmupLinearDecayLR": linear warm-up over
+    # SOLVER.WARMUP_ITERS, then linear decay to 0 at SOLVER.MAX_ITER (the paper's VQA, RefCOCO+
+    # and pre-training schedule).
     return cfg

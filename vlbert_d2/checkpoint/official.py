@@ -14,9 +14,10 @@ layout (``../shared/official-keys/`` in the project's design documents):
   ``vlbert.visual_ln_{text,object}``, ``vlbert.encoder.*`` (BERT names);
 * fine-tuned VCR models wrap the encoder as ``vlbert._module.*`` and add a pooler and
   ``final_mlp.1`` (one logit per choice);
+* fine-tuned VQA and RefCOCO+ models add ``final_mlp.{0,2}`` (a transform and a classifier);
 * ``vlbert.mlm_head.predictions.decoder.weight`` is tied to the word embeddings.
 
-Keys this project has no place for yet (the pre-training heads, the VQA/RefCOCO+ heads, the
+Keys this project has no place for yet (the pre-training heads, the
 official ``cnn_loss_reg`` classifier with its background class) are reported as unmapped: the
 converter never drops a key silently.
 """
@@ -89,7 +90,13 @@ _RULES: List[Tuple[str, object]] = [
     (r"vlbert\.visual_ln_(text|object)\.(weight|bias)", lambda m: f"vl_bert.visual_ln_{m.group(1)}.{m.group(2)}"),
     (r"vlbert\.encoder\.(.+)", lambda m: f"vl_bert.bert.encoder.{m.group(1)}"),
     (r"vlbert\.pooler\.dense\.(weight|bias)", lambda m: f"vl_bert.bert.pooler.dense.{m.group(1)}"),
+    # VCR: final_mlp = (Dropout, Linear(H, 1)).
     (r"final_mlp\.1\.(weight|bias)", lambda m: f"head.classifier.1.{m.group(1)}"),
+    # VQA ("mlm" classifier): final_mlp = (BertPredictionHeadTransform, Dropout, Linear(H, A));
+    # RefCOCO+ ("mvrc"): final_mlp = (MVRC transform: dense + GELU, Dropout, Linear(H, 1)).
+    (r"final_mlp\.0\.dense\.(weight|bias)", lambda m: f"head.transform.0.{m.group(1)}"),
+    (r"final_mlp\.0\.LayerNorm\.(weight|bias)", lambda m: f"head.transform.2.{m.group(1)}"),
+    (r"final_mlp\.2\.(weight|bias)", lambda m: f"head.classifier.1.{m.group(1)}"),
 ]
 # Official keys that repeat another official key's tensor: (pattern, the key it repeats).
 _DUPLICATES = [

@@ -7,9 +7,11 @@ import os
 
 from detectron2.data import DatasetCatalog
 
-from .datasets import register_vcr
+from .datasets import register_refcoco, register_vcr, register_vqa
+from .refcoco_mapper import RefCOCODatasetMapper
 from .synthetic import SHAPES as SYNTHETIC_CLASSES
 from .vcr_mapper import VCRDatasetMapper
+from .vqa_mapper import VQADatasetMapper
 
 # (name, directory under the datasets root, split, object classes or None for VCR's)
 _VCR_DATASETS = [
@@ -25,9 +27,28 @@ _VCR_DATASETS = [
     ("synthetic_vcr_size_test", "synthetic_vcr_size", "test", SYNTHETIC_CLASSES),
 ]
 
+# VQA v2: (name, COCO folder, subset, image folder, detection folder). Detections: the 10-100
+# adaptive bottom-up-attention boxes of the official preparation. The answer vocabulary is
+# <folder>/vqa/answers_vqa.txt, built from train2014 + val2014 when missing.
+_VQA_DETECTIONS = {"trainval": "vgbua_res101_precomputed/trainval2014_resnet101_faster_rcnn_genome",
+                   "test": "vgbua_res101_precomputed/test2015_resnet101_faster_rcnn_genome"}
+_VQA_DATASETS = [
+    (f"{prefix}_{subset}", folder, subset, images, _VQA_DETECTIONS[dets])
+    for prefix, folder in (("vqa", "coco"), ("synthetic_vqa", "synthetic_vqa"))
+    for subset, images, dets in (("train2014", "train2014", "trainval"), ("val2014", "val2014", "trainval"),
+                                 ("minival2014", "val2014", "trainval"),
+                                 ("valminusminival2014", "val2014", "trainval"),
+                                 ("test-dev2015", "test2015", "test"), ("test2015", "test2015", "test"))
+]
+# RefCOCO+ (UNC splits): (name, folder, split, detected regions?). "_det": the MAttNet proposals.
+_REFCOCO_DATASETS = [
+    (f"{prefix}_{split}{'_det' if det else ''}", folder, split, det)
+    for prefix, folder in (("refcoco+", "coco"), ("synthetic_refcoco+", "synthetic_refcoco"))
+    for split in ("train", "val", "testA", "testB") for det in (False, True)
+]
 
 # Which mapper formats a task's inputs, by head (MODEL.VLBERT.HEAD).
-_MAPPERS = {"VCRHead": VCRDatasetMapper}
+_MAPPERS = {"VCRHead": VCRDatasetMapper, "VQAHead": VQADatasetMapper, "RefCOCOHead": RefCOCODatasetMapper}
 
 
 def build_vlbert_mapper(cfg, is_train):
@@ -40,14 +61,14 @@ def build_vlbert_mapper(cfg, is_train):
 
 def check_datasets(names):
     """Raise FileNotFoundError naming every missing file of the registered datasets ``names``
-    (those whose metadata records ``json_file``/``image_root``), and where to read how to get
+    (those whose metadata records ``json_file``/``image_root``/``detection_root``...), and where to read how to get
     them. Cheap: only checks that the paths exist, so it can run before building a model."""
     from detectron2.data import MetadataCatalog
 
     missing, seen = [], set()
     for name in names:
         meta = MetadataCatalog.get(name)
-        for key in ("json_file", "image_root"):
+        for key in ("json_file", "image_root", "detection_root", "refs_file", "instances_file", "proposals_file"):
             path = meta.get(key, None)
             if path is not None and not os.path.exists(path) and path not in seen:
                 seen.add(path)
@@ -70,8 +91,15 @@ def register_all(root=None):
             continue
         kwargs = {} if classes is None else {"class_names": list(classes)}
         register_vcr(name, os.path.join(root, folder), split, **kwargs)
+    for name, folder, subset, images, detections in _VQA_DATASETS:
+        if name not in DatasetCatalog.list():
+            register_vqa(name, os.path.join(root, folder), subset, images, detections,
+                         os.path.join("vqa", "answers_vqa.txt"), ["train2014", "val2014"])
+    for name, folder, split, detected in _REFCOCO_DATASETS:
+        if name not in DatasetCatalog.list():
+            register_refcoco(name, os.path.join(root, folder), split, detected)
 
 
 register_all()
 
-__all__ = ["VCRDatasetMapper", "check_datasets", "build_vlbert_mapper", "register_all", "datasets_root", "SYNTHETIC_CLASSES"]
+__all__ = ["VCRDatasetMapper", "VQADatasetMapper", "RefCOCODatasetMapper", "check_datasets", "build_vlbert_mapper", "register_all", "datasets_root", "SYNTHETIC_CLASSES"]

@@ -1,6 +1,9 @@
 """Evaluators, chosen by the ``evaluator_type`` of a dataset's metadata."""
 from detectron2.data import MetadataCatalog
 
+from .refcoco_evaluation import RefCOCOEvaluator
+from .vqa_eval import normalize_answer, soft_scores, vqa_accuracy, vqa_metrics
+from .vqa_evaluation import VQAEvaluator, write_vqa_submission
 from .vcr_evaluation import (VCREvaluator, load_predictions, vcr_metrics,
                              write_leaderboard_csv)
 
@@ -10,9 +13,16 @@ def build_vlbert_evaluator(cfg, dataset_name, output_dir=None):
     evaluator_type = MetadataCatalog.get(dataset_name).get("evaluator_type", None)
     if evaluator_type == "vcr":
         return VCREvaluator(dataset_name, cfg.MODEL.VLBERT.VCR.TASK, output_dir)
+    if evaluator_type == "vqa":
+        from ..data.datasets.vqa import answer_vocab_of
+
+        return VQAEvaluator(dataset_name, answer_vocab_of(dataset_name), output_dir)
+    if evaluator_type == "refcoco":
+        return RefCOCOEvaluator(dataset_name, output_dir)
     raise NotImplementedError(f"no evaluator for dataset '{dataset_name}' "
                               f"(evaluator_type {evaluator_type!r})")
 
 
-__all__ = ["VCREvaluator", "build_vlbert_evaluator", "load_predictions", "vcr_metrics",
+__all__ = ["VCREvaluator", "VQAEvaluator", "RefCOCOEvaluator", "normalize_answer", "soft_scores",
+           "vqa_accuracy", "vqa_metrics", "write_vqa_submission", "build_vlbert_evaluator", "load_predictions", "vcr_metrics",
            "write_leaderboard_csv"]

@@ -115,3 +115,84 @@ class VCRHead(nn.Module):
         # Keep the classifier in the graph (DistributedDataParallel expects every parameter
         # to receive a gradient on every rank).
         return logits.sum() * 0.0
+
+
+def _prediction_transform(hidden_size, layer_norm_eps=1e-12):
+    """BERT's prediction-head transform (dense, GELU, LayerNorm), as used by the MLM head."""
+    return nn.Sequential(nn.Linear(hidden_size, hidden_size), nn.GELU(),
+                         nn.LayerNorm(hidden_size, eps=layer_norm_eps))
+
+
+@VLBERT_HEAD_REGISTRY.register()
+class VQAHead(nn.Module):
+    """VQA: the output at the [MASK] answer slot goes through an MLM-style transform and a
+    linear classifier over the answer vocabulary; sigmoid BCE against the soft VQA scores."""
+
+    @configurable
+    def __init__(self, *, hidden_size, num_answers, dropout=0.1):
+        super().__init__()
+        self.transform = _prediction_transform(hidden_size)
+        self.classifier = nn.Sequential(nn.Dropout(dropout), nn.Linear(hidden_size, num_answers))
+
+    @classmethod
+    def from_config(cls, cfg, hidden_size):
+        from ..data.vqa_mapper import vocab_for_cfg
+
+        return {"hidden_size": hidden_size, "num_answers": len(vocab_for_cfg(cfg)),
+                "dropout": cfg.MODEL.VLBERT.VQA.CLASSIFIER_DROPOUT}
+
+    def forward(self, outputs, batch):
+        """
+        Returns:
+            ``{"loss_vqa"}`` in training; else per input ``{"scores": (A,) sigmoid scores}``.
+        """
+        positions = torch.tensor([x["answer_position"] for x in batch.inputs], device=outputs.text.device)
+        slot = outputs.text[torch.arange(len(positions), device=positions.device), positions]  # (B, H)
+        logits = self.classifier(self.transform(slot))  # (B, A)
+        if not self.training:
+            return [{"scores": s} for s in logits.sigmoid().detach()]
+        if any("answer_target" not in x for x in batch.inputs):
+            raise ValueError("VQA training inputs need 'answer_target' (the soft answer scores)")
+        target = torch.stack([x["answer_target"] for x in batch.inputs]).to(logits)
+        # Summed over the answers, averaged over the batch: the official loss (BCE mean x A).
+        loss = F.binary_cross_entropy_with_logits(logits, target, reduction="sum") / len(logits)
+        return {"loss_vqa": loss}
+
+
+@VLBERT_HEAD_REGISTRY.register()
+class RefCOCOHead(nn.Module):
+    """Referring expressions: each RoI's output goes through an MVRC-style transform and a
+    linear scorer; sigmoid BCE against "IoU with the referred box > 0.5"; the prediction is the
+    best-scoring RoI."""
+
+    @configurable
+    def __init__(self, *, hidden_size, dropout=0.1):
+        super().__init__()
+        # The official masked-RoI-classification (MVRC) transform: dense and GELU, no LayerNorm.
+        self.transform = nn.Sequential(nn.Linear(hidden_size, hidden_size), nn.GELU())
+        self.classifier = nn.Sequential(nn.Dropout(dropout), nn.Linear(hidden_size, 1))
+
+    @classmethod
+    def from_config(cls, cfg, hidden_size):
+        return {"hidden_size": hidden_size, "dropout": cfg.MODEL.VLBERT.REFCOCO.CLASSIFIER_DROPOUT}
+
+    def forward(self, outputs, batch):
+        """
+        Returns:
+            ``{"loss_ref"}`` in training; else per input ``{"scores": (N_i,) per RoI,
+            "index": int}`` (the chosen RoI; 0 is the whole image).
+        """
+        logits = self.classifier(self.transform(outputs.objects)).squeeze(-1)  # (B, N)
+        valid = batch.object_mask.bool()
+        if not self.training:
+            results = []
+            for row, ok in zip(logits.detach(), valid):
+                scores = row[ok]
+                results.append({"scores": scores.sigmoid(), "index": int(scores.argmax())})
+            return results
+        if any("region_labels" not in x for x in batch.inputs):
+            raise ValueError("RefCOCO+ training inputs need 'region_labels'")
+        target = torch.zeros_like(logits)
+        for i, x in enumerate(batch.inputs):
+            target[i, : len(x["region_labels"])] = x["region_labels"].to(target)
+        return {"loss_ref": F.binary_cross_entropy_with_logits(logits[valid], target[valid])}

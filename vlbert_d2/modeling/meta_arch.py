@@ -26,12 +26,16 @@ class VLBertBatch:
         labels (LongTensor): (B,) the input's label, -1 when unknown.
         object_classes (LongTensor): (B, N) class of every RoI slot: -1 for the whole image
             (background), -100 for padding and for inputs that give no classes.
+        object_mask (LongTensor): (B, N) 1 for real RoI slots, 0 for padding.
+        inputs (list[dict]): the mapper's input dicts, for task-specific fields (targets).
     """
 
     num_choices: List[int]
     seq_to_input: torch.Tensor
     labels: torch.Tensor
     object_classes: torch.Tensor
+    object_mask: torch.Tensor = None
+    inputs: List[dict] = None
 
 
 def _pad_stack(tensors, value=0):
@@ -90,7 +94,7 @@ class VLBERT(nn.Module):
             wave_length=cfg.MODEL.VLBERT.GEOMETRY_WAVE_LENGTH,
         )
         head = build_vlbert_head(cfg, vl_bert.hidden_size)
-        if cfg.MODEL.VLBERT.FEATURE_CACHE:
+        if cfg.MODEL.VLBERT.FEATURE_CACHE or cfg.MODEL.VLBERT.DETECTION_FEATURES:
             # Precomputed features: the CNN is not run, so it must not expect gradients (DDP).
             region_extractor.requires_grad_(False)
         return {"region_extractor": region_extractor, "fusion": fusion, "vl_bert": vl_bert,
@@ -166,6 +170,8 @@ class VLBERT(nn.Module):
             seq_to_input=seq_to_input,
             labels=torch.tensor([int(x.get("label", -1)) for x in batched_inputs], device=dev),
             object_classes=object_classes,
+            object_mask=obj_mask,
+            inputs=batched_inputs,
         )
         return outputs, batch
 

@@ -1,0 +1,132 @@
+"""VQA v2 and RefCOCO+ end to end through tools/train_net.py on generated official-format data:
+a few training iterations, then --eval-only on the saved checkpoint gives the same metrics and
+writes the submission files; plus the heads' losses and the linear-decay schedule."""
+import json
+import os
+
+import pytest
+import torch
+
+from conftest import REPO
+from test_train_net import copypaste_metrics, run
+
+TINY_VQA = os.path.join(REPO, "configs", "quick_schedules", "VLBERT-Tiny-SyntheticVQA.yaml")
+TINY_REF = os.path.join(REPO, "configs", "quick_schedules", "VLBERT-Tiny-SyntheticRefCOCO+.yaml")
+COMMON = ["MODEL.VLBERT.NUM_LAYERS", "1", "DATALOADER.NUM_WORKERS", "0", "SOLVER.IMS_PER_BATCH", "4",
+          "SOLVER.WARMUP_ITERS", "1"]
+
+
+@pytest.fixture(scope="module")
+def data_root(tmp_path_factory):
+    from vlbert_d2.data.synthetic.coco_tasks import generate_refcoco, generate_vqa
+
+    root = tmp_path_factory.mktemp("datasets")
+    generate_vqa(str(root / "synthetic_vqa"), counts={"train2014": 60, "val2014": 6, "test2015": 4}, seed=2)
+    generate_refcoco(str(root / "synthetic_refcoco"), counts={"train": 12, "val": 5, "testA": 2, "testB": 2}, seed=2)
+    return root
+
+
+def _train_and_eval(config, data_root, tmp_path, extra=()):
+    out = tmp_path / "out"
+    train = run(["--config-file", config] + COMMON + list(extra) +
+                ["SOLVER.MAX_ITER", "3", "TEST.EVAL_PERIOD", "3", "OUTPUT_DIR", str(out)], data_root)
+    assert train.returncode == 0, train.stderr[-3000:]
+    ev = run(["--config-file", config, "--eval-only"] + COMMON + list(extra) +
+             ["MODEL.WEIGHTS", str(out / "model_final.pth"), "OUTPUT_DIR", str(tmp_path / "eval")], data_root)
+    assert ev.returncode == 0, ev.stderr[-3000:]
+    trained, evaluated = copypaste_metrics(train.stdout), copypaste_metrics(ev.stdout)
+    assert evaluated == trained
+    return out, tmp_path / "eval", evaluated
+
+
+def test_vqa_train_then_eval_only(data_root, tmp_path):
+    out, ev, metrics = _train_and_eval(TINY_VQA, data_root, tmp_path)
+    records = [json.loads(line) for line in (out / "metrics.json").read_text().splitlines()]
+    assert any("total_loss" in r for r in records)  # = loss_vqa, the only loss
+    questions = json.loads((data_root / "synthetic_vqa" / "vqa" /
+                            "v2_OpenEnded_mscoco_val2014_questions.json").read_text())["questions"]
+    assert metrics["num_predictions"] == len(questions)
+    assert 0.0 <= metrics["accuracy"] <= 100.0 and "yes/no" in metrics
+    results = json.loads((ev / "inference" / "synthetic_vqa_val2014" /
+                          "vqa_synthetic_vqa_val2014_results.json").read_text())
+    assert sorted(r["question_id"] for r in results) == sorted(q["question_id"] for q in questions)
+    vocab = (data_root / "synthetic_vqa" / "vqa" / "answers_vqa.txt").read_text().split()
+    assert all(r["answer"] in vocab for r in results)
+
+
+def test_vqa_test_dev_submission(data_root, tmp_path):
+    """On test-dev (no annotations) --eval-only writes the server's submission file."""
+    out, _, _ = _train_and_eval(TINY_VQA, data_root, tmp_path)
+    ev = run(["--config-file", TINY_VQA, "--eval-only"] + COMMON +
+             ["MODEL.WEIGHTS", str(out / "model_final.pth"), "DATASETS.TEST", '("synthetic_vqa_test-dev2015",)',
+              "OUTPUT_DIR", str(tmp_path / "dev")], data_root)
+    assert ev.returncode == 0, ev.stderr[-3000:]
+    sub = json.loads((tmp_path / "dev" / "inference" / "synthetic_vqa_test-dev2015" /
+                      "vqa_synthetic_vqa_test-dev2015_results.json").read_text())
+    dev = json.loads((data_root / "synthetic_vqa" / "vqa" /
+                      "v2_OpenEnded_mscoco_test-dev2015_questions.json").read_text())["questions"]
+    assert len(sub) == len(dev) and set(sub[0]) == {"question_id", "answer"}
+
+
+def test_refcoco_train_then_eval_only(data_root, tmp_path):
+    _, ev, metrics = _train_and_eval(TINY_REF, data_root, tmp_path,
+                                     ["DATASETS.TEST", '("synthetic_refcoco+_val_det",)'])
+    results = json.loads((ev / "inference" / "synthetic_refcoco+_val_det" /
+                          "refcoco_synthetic_refcoco+_val_det_results.json").read_text())
+    assert len(results) == metrics["num_predictions"] > 0
+    assert set(results[0]) == {"ref_id", "sent_id", "box"} and len(results[0]["box"]) == 4
+
+
+def test_vqa_head_loss_is_bce_summed_over_answers():
+    from types import SimpleNamespace
+
+    from vlbert_d2.modeling.heads import VQAHead
+
+    torch.manual_seed(0)
+    head = VQAHead(hidden_size=8, num_answers=5, dropout=0.0).train()
+    text = torch.randn(2, 6, 8)
+    target = torch.tensor([[0, 1, 0.3, 0, 0], [1, 0, 0, 0, 0.6]])
+    batch = SimpleNamespace(inputs=[{"answer_position": 3, "answer_target": target[0]},
+                                    {"answer_position": 5, "answer_target": target[1]}])
+    loss = head(SimpleNamespace(text=text), batch)["loss_vqa"]
+    logits = head.classifier(head.transform(torch.stack([text[0, 3], text[1, 5]])))
+    expected = torch.nn.functional.binary_cross_entropy_with_logits(logits, target) * 5
+    assert torch.allclose(loss, expected)
+
+
+def test_refcoco_head_ignores_padding():
+    from types import SimpleNamespace
+
+    from vlbert_d2.modeling.heads import RefCOCOHead
+
+    torch.manual_seed(0)
+    head = RefCOCOHead(hidden_size=8, dropout=0.0)
+    objects = torch.randn(2, 4, 8)
+    mask = torch.tensor([[1, 1, 1, 1], [1, 1, 0, 0]])
+    batch = SimpleNamespace(object_mask=mask, inputs=[{"region_labels": torch.tensor([0., 1, 0, 0])},
+                                                      {"region_labels": torch.tensor([0., 1])}])
+    loss = head.train()(SimpleNamespace(objects=objects), batch)["loss_ref"]
+    logits = head.classifier(head.transform(objects)).squeeze(-1)
+    valid = mask.bool()
+    target = torch.tensor([[0., 1, 0, 0], [0, 1, 0, 0]])
+    assert torch.allclose(loss, torch.nn.functional.binary_cross_entropy_with_logits(logits[valid], target[valid]))
+    results = head.eval()(SimpleNamespace(objects=objects), batch)
+    assert len(results[1]["scores"]) == 2 and results[1]["index"] == int(logits[1, :2].argmax())
+
+
+def test_warmup_linear_decay_schedule():
+    from conftest import make_cfg
+
+    from vlbert_d2.solver import build_lr_scheduler
+
+    cfg = make_cfg(SOLVER__LR_SCHEDULER_NAME="WarmupLinearDecayLR", SOLVER__BASE_LR=1.0, SOLVER__MAX_ITER=10,
+                   SOLVER__WARMUP_ITERS=2, SOLVER__WARMUP_FACTOR=0.0)
+    opt = torch.optim.SGD([torch.nn.Parameter(torch.zeros(1))], lr=1.0)
+    sched = build_lr_scheduler(cfg, opt)
+    lrs = []
+    for _ in range(10):
+        lrs.append(opt.param_groups[0]["lr"])
+        opt.step()
+        sched.step()
+    # Warm-up 0 -> 1 over 2 iterations, then linear decay to 0 at iteration 10.
+    assert lrs == pytest.approx([0.0, 0.5, 1.0, 0.875, 0.75, 0.625, 0.5, 0.375, 0.25, 0.125])

@@ -1,0 +1,183 @@
+"""RefCOCO+ (Kazemzadeh et al., 2014; UNC splits) in the REFER layout.
+
+::
+
+    <coco>/refcoco+/refs(unc).p          pickle: refs[].{ref_id, ann_id, image_id, category_id,
+                                         split, sentences[].{sent, tokens, sent_id}}
+    <coco>/refcoco+/instances.json       COCO format: images, annotations (bbox x, y, w, h)
+    <coco>/refcoco+/proposal/res101_coco_minus_refer_notime_dets.json
+                                         detected regions (MAttNet): [{image_id, box: [x, y, w, h]}]
+    <coco>/train2014/COCO_train2014_{image_id:012d}.jpg
+
+One dataset record per expression (sentence). The candidate regions are the image's ground-truth
+annotations, or the detected regions of the proposals file.
+"""
+import json
+import logging
+import os
+from collections import defaultdict
+
+from detectron2.data import DatasetCatalog, MetadataCatalog
+
+from ...utils.safe_pickle import PLAIN_GLOBALS, restricted_load
+
+logger = logging.getLogger(__name__)
+
+SPLITS = ("train", "val", "testA", "testB")
+PROPOSALS_FILE = os.path.join("refcoco+", "proposal", "res101_coco_minus_refer_notime_dets.json")
+
+
+class RefCOCOFormatError(ValueError):
+    """A RefCOCO+ file that does not follow the format; the message names file, record, field."""
+
+
+def load_refs(path):
+    """Read ``refs(unc).p`` without running anything: only plain containers may be in it."""
+    try:
+        refs = restricted_load(path, PLAIN_GLOBALS, what="a REFER refs file")
+    except FileNotFoundError:
+        raise FileNotFoundError(f"RefCOCO+ refs file not found: {path} (see datasets/README.md)") from None
+    if not isinstance(refs, list):
+        raise RefCOCOFormatError(f"{path}: expected a list of refs, got {type(refs).__name__}")
+    return refs
+
+
+def _xywh_to_xyxy(box, where, field):
+    try:
+        x, y, w, h = (float(v) for v in box)
+    except (TypeError, ValueError):
+        raise RefCOCOFormatError(f"{where}: field '{field}' must be [x, y, w, h], got {box!r}") from None
+    if not (w >= 0 and h >= 0):
+        raise RefCOCOFormatError(f"{where}: field '{field}' has a negative (or NaN) size: {box!r}")
+    return [x, y, x + w, y + h]
+
+
+def _load_json(path):
+    try:
+        with open(path, encoding="utf-8") as f:
+            return json.load(f)
+    except FileNotFoundError:
+        raise FileNotFoundError(f"RefCOCO+ file not found: {path} (see datasets/README.md)") from None
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise RefCOCOFormatError(f"{path}: malformed JSON ({e})") from None
+
+
+def load_instances(path):
+    """Images ({id: {width, height}}) and annotation boxes ({ann_id: (image_id, xyxy)})."""
+    data = _load_json(path)
+    if not isinstance(data, dict) or not isinstance(data.get("images"), list) \
+            or not isinstance(data.get("annotations"), list):
+        raise RefCOCOFormatError(f"{path}: expected a COCO instances file with 'images' and 'annotations'")
+    images = {}
+    for i, im in enumerate(data["images"]):
+        try:
+            images[int(im["id"])] = {"width": int(im["width"]), "height": int(im["height"])}
+        except (KeyError, TypeError, ValueError):
+            raise RefCOCOFormatError(f"{path}: images[{i}] needs integer 'id', 'width', 'height'") from None
+    anns = {}
+    for i, a in enumerate(data["annotations"]):
+        where = f"{path}: annotations[{i}]"
+        if not isinstance(a, dict) or "id" not in a or "image_id" not in a or "bbox" not in a:
+            raise RefCOCOFormatError(f"{where}: needs 'id', 'image_id' and 'bbox'")
+        if a["image_id"] not in images:
+            raise RefCOCOFormatError(f"{where}: field 'image_id': image {a['image_id']} is not in 'images'")
+        anns[a["id"]] = (a["image_id"], _xywh_to_xyxy(a["bbox"], where, "bbox"))
+    return images, anns
+
+
+def load_proposals(path):
+    """{image_id: [xyxy boxes]} from a MAttNet-style detections file."""
+    data = _load_json(path)
+    if isinstance(data, dict) and isinstance(data.get("dets"), list):  # REFER's own wrapper
+        data = data["dets"]
+    if not isinstance(data, list):
+        raise RefCOCOFormatError(f"{path}: expected a list of {{image_id, box}}")
+    out = defaultdict(list)
+    for i, det in enumerate(data):
+        where = f"{path}: [{i}]"
+        if not isinstance(det, dict) or "image_id" not in det or "box" not in det:
+            raise RefCOCOFormatError(f"{where}: needs 'image_id' and 'box'")
+        out[det["image_id"]].append(_xywh_to_xyxy(det["box"], where, "box"))
+    return dict(out)
+
+
+def load_refcoco(refs_file, instances_file, image_dir, split, proposals_file=None):
+    """Read and validate one split.
+
+    Args:
+        refs_file, instances_file (str): ``refs(unc).p`` and ``instances.json``.
+        image_dir (str): the train2014 image folder.
+        split (str): "train", "val", "testA" or "testB".
+        proposals_file (str or None): detected regions instead of the ground-truth ones.
+
+    Returns:
+        list[dict]: per expression ``file_name``, ``image_id``, ``width``, ``height``,
+        ``ref_id``, ``ann_id``, ``sent_id``, ``sentence``, ``gt_box`` (x1, y1, x2, y2),
+        ``boxes`` (candidate regions, x1 y1 x2 y2), ``source``.
+    """
+    if split not in SPLITS:
+        raise ValueError(f"RefCOCO+ split must be one of {SPLITS}, got {split!r}")
+    refs = load_refs(refs_file)
+    images, anns = load_instances(instances_file)
+    image_anns = defaultdict(list)
+    for ann_id, (image_id, box) in anns.items():
+        image_anns[image_id].append(box)
+    proposals = load_proposals(proposals_file) if proposals_file else None
+    dicts = []
+    for i, ref in enumerate(refs):
+        where = f"{refs_file}: refs[{i}]"
+        if not isinstance(ref, dict):
+            raise RefCOCOFormatError(f"{where}: a ref must be a dict")
+        for field in ("ref_id", "ann_id", "image_id", "split", "sentences"):
+            if field not in ref:
+                raise RefCOCOFormatError(f"{where}: missing field '{field}'")
+        if ref["split"] != split:
+            continue
+        where = f"{where} (ref_id {ref['ref_id']})"
+        image_id = ref["image_id"]
+        if image_id not in images:
+            raise RefCOCOFormatError(f"{where}: field 'image_id': image {image_id} is not in {instances_file}")
+        if ref["ann_id"] not in anns:
+            raise RefCOCOFormatError(f"{where}: field 'ann_id': annotation {ref['ann_id']} is not in {instances_file}")
+        if proposals is not None:
+            boxes = proposals.get(image_id)
+            if not boxes:
+                raise RefCOCOFormatError(f"{where}: image {image_id} has no region in {proposals_file}")
+        else:
+            boxes = image_anns[image_id]
+        sentences = ref["sentences"]
+        if not isinstance(sentences, list) or not sentences:
+            raise RefCOCOFormatError(f"{where}: field 'sentences' must be a non-empty list")
+        for k, sent in enumerate(sentences):
+            text = sent.get("sent") if isinstance(sent, dict) else None
+            if not isinstance(text, str):
+                raise RefCOCOFormatError(f"{where}: field 'sentences[{k}].sent' must be a string")
+            dicts.append({
+                "file_name": os.path.join(image_dir, f"COCO_train2014_{image_id:012d}.jpg"),
+                "image_id": image_id, **images[image_id],
+                "ref_id": ref["ref_id"], "ann_id": ref["ann_id"],
+                "sent_id": sent.get("sent_id", f"{ref['ref_id']}-{k}"),
+                "sentence": text, "gt_box": anns[ref["ann_id"]][1], "boxes": boxes,
+                "source": f"{where} sentences[{k}]",
+            })
+    logger.info("Loaded %d RefCOCO+ expressions of split %s from %s (%s regions)", len(dicts), split,
+                refs_file, "detected" if proposals_file else "ground-truth")
+    return dicts
+
+
+def register_refcoco(name, root, split, detected=False, evaluator_type="refcoco"):
+    """Register one RefCOCO+ split under ``name`` (``detected``: the proposals file's regions)."""
+    refs = os.path.join(root, "refcoco+", "refs(unc).p")
+    instances = os.path.join(root, "refcoco+", "instances.json")
+    proposals = os.path.join(root, PROPOSALS_FILE) if detected else None
+    image_dir = os.path.join(root, "train2014")
+
+    def load():
+        from .. import check_datasets
+
+        check_datasets([name])
+        return load_refcoco(refs, instances, image_dir, split, proposals)
+
+    DatasetCatalog.register(name, load)
+    MetadataCatalog.get(name).set(refs_file=refs, instances_file=instances, proposals_file=proposals,
+                                  image_root=image_dir, split=split, evaluator_type=evaluator_type)

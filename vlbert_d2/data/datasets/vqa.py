@@ -1,0 +1,223 @@
+"""VQA v2 (Goyal et al., 2017) in its official layout, with bottom-up-attention detections.
+
+::
+
+    <coco>/vqa/v2_OpenEnded_mscoco_{subset}_questions.json   questions[].{image_id, question, question_id}
+    <coco>/vqa/v2_mscoco_{subset}_annotations.json           annotations[].{question_id, answers[].answer,
+                                                             multiple_choice_answer, answer_type, question_type}
+    <coco>/vqa/answers_vqa.txt                               answer vocabulary, one per line (built when missing)
+    <coco>/{train2014,val2014,test2015}/COCO_{images}_{image_id:012d}.jpg
+    <coco>/vgbua_res101_precomputed/<detections>/{image_id}.json   boxes (and features), see detections.py
+
+Subsets: train2014, val2014, minival2014 / valminusminival2014 (when their files exist),
+test-dev2015 and test2015 (no annotations).
+"""
+import json
+import logging
+import os
+from collections import Counter
+
+from detectron2.data import DatasetCatalog, MetadataCatalog
+
+from ...evaluation.vqa_eval import normalize_answer, soft_scores
+
+logger = logging.getLogger(__name__)
+
+# Answers kept in the vocabulary: those given as multiple_choice_answer at least this many times
+# in the training annotations (train2014 + val2014 gives the usual 3,129 answers).
+ANSWER_MIN_COUNT = 9
+
+
+class VQAFormatError(ValueError):
+    """A VQA file that does not follow the format; the message names file, record and field."""
+
+
+def _load_json(path, key):
+    try:
+        with open(path, encoding="utf-8") as f:
+            data = json.load(f)
+    except FileNotFoundError:
+        raise FileNotFoundError(f"VQA file not found: {path} (see datasets/README.md)") from None
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise VQAFormatError(f"{path}: malformed JSON ({e})") from None
+    if not isinstance(data, dict) or not isinstance(data.get(key), list):
+        raise VQAFormatError(f"{path}: expected a JSON object with a '{key}' list")
+    return data[key]
+
+
+def _int_field(record, field, where):
+    value = record.get(field) if isinstance(record, dict) else None
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise VQAFormatError(f"{where}: field '{field}' must be an integer, got {value!r}")
+    return value
+
+
+def load_annotations(path):
+    """Read and validate an annotations file.
+
+    Returns:
+        dict[int, dict]: question_id -> {"answers": [str], "answer_type", "question_type",
+        "multiple_choice_answer", "image_id"}.
+    """
+    out = {}
+    for i, ann in enumerate(_load_json(path, "annotations")):
+        where = f"{path}: annotations[{i}]"
+        qid = _int_field(ann, "question_id", where)
+        answers = ann.get("answers")
+        if (not isinstance(answers, list) or not answers
+                or not all(isinstance(a, dict) and isinstance(a.get("answer"), str) for a in answers)):
+            raise VQAFormatError(f"{where} (question_id {qid}): field 'answers' must be a non-empty "
+                                 "list of {'answer': str}")
+        if qid in out:
+            raise VQAFormatError(f"{where}: field 'question_id': {qid} is annotated twice")
+        out[qid] = {"answers": [a["answer"] for a in answers],
+                    "answer_type": str(ann.get("answer_type", "")),
+                    "question_type": str(ann.get("question_type", "")),
+                    "multiple_choice_answer": str(ann.get("multiple_choice_answer", "")),
+                    "image_id": ann.get("image_id")}
+    return out
+
+
+def build_answer_vocab(annotation_files, min_count=ANSWER_MIN_COUNT):
+    """The usual VQA answer vocabulary: normalised ``multiple_choice_answer`` values occurring
+    at least ``min_count`` times, most frequent first (ties alphabetically)."""
+    counts = Counter()
+    for path in annotation_files:
+        for ann in load_annotations(path).values():
+            counts[normalize_answer(ann["multiple_choice_answer"])] += 1
+    return sorted((a for a, c in counts.items() if c >= min_count and a), key=lambda a: (-counts[a], a))
+
+
+def load_answer_vocab(path):
+    """Read a vocabulary file (one answer per line); answers are normalised as the targets are."""
+    try:
+        with open(path, encoding="utf-8") as f:
+            lines = [line.strip() for line in f]
+    except FileNotFoundError:
+        raise FileNotFoundError(f"VQA answer vocabulary not found: {path}") from None
+    vocab = [normalize_answer(a) for a in lines if a and a != "<unk>"]
+    dup = [a for a, c in Counter(vocab).items() if c > 1]
+    if dup:
+        raise VQAFormatError(f"{path}: answers {dup[:5]} occur more than once (after the official normalisation)")
+    if not vocab:
+        raise VQAFormatError(f"{path}: the answer vocabulary is empty")
+    return vocab
+
+
+def ensure_answer_vocab(path, annotation_files, min_count=ANSWER_MIN_COUNT):
+    """Return the vocabulary at ``path``, building it from ``annotation_files`` when missing."""
+    if not os.path.exists(path):
+        vocab = build_answer_vocab(annotation_files, min_count)
+        if not vocab:
+            raise VQAFormatError(f"no answer occurs {min_count} times in {annotation_files}: cannot build {path}")
+        tmp = path + ".tmp"
+        with open(tmp, "w", encoding="utf-8") as f:
+            f.write("\n".join(vocab) + "\n")
+        os.replace(tmp, path)
+        logger.info("Built the VQA answer vocabulary %s: %d answers occurring >= %d times in %s",
+                    path, len(vocab), min_count, ", ".join(annotation_files))
+    return load_answer_vocab(path)
+
+
+def load_vqa(questions_file, annotations_file, image_dir, image_prefix, detection_dir, answer_vocab=None):
+    """Read and validate one VQA subset.
+
+    Args:
+        questions_file (str): ``v2_OpenEnded_mscoco_{subset}_questions.json``.
+        annotations_file (str or None): ``v2_mscoco_{subset}_annotations.json``; None for the
+            test subsets.
+        image_dir (str): folder of ``{image_prefix}{image_id:012d}.jpg``.
+        image_prefix (str): e.g. "COCO_train2014_".
+        detection_dir (str): folder of the per-image ``{image_id}.json`` detection files.
+        answer_vocab (list[str] or None): to count the answers outside the vocabulary.
+
+    Returns:
+        list[dict]: per question ``question_id``, ``image_id``, ``question``, ``file_name``,
+        ``detection_file``, ``source`` and, with annotations, ``answers`` (raw),
+        ``answer_scores`` ({normalised answer: soft score}), ``answer_type``, ``question_type``.
+
+    Raises:
+        VQAFormatError: malformed files, a question without annotation, duplicate ids.
+    """
+    questions = _load_json(questions_file, "questions")
+    annotations = load_annotations(annotations_file) if annotations_file else None
+    vocab = set(answer_vocab or ())
+    dicts, seen = [], set()
+    no_target = 0
+    for i, q in enumerate(questions):
+        where = f"{questions_file}: questions[{i}]"
+        qid = _int_field(q, "question_id", where)
+        image_id = _int_field(q, "image_id", where)
+        if not isinstance(q.get("question"), str) or not q["question"].strip():
+            raise VQAFormatError(f"{where} (question_id {qid}): field 'question' must be a non-empty string")
+        if qid in seen:
+            raise VQAFormatError(f"{where}: field 'question_id': {qid} occurs twice")
+        seen.add(qid)
+        d = {"question_id": qid, "image_id": image_id, "question": q["question"],
+             "file_name": os.path.join(image_dir, f"{image_prefix}{image_id:012d}.jpg"),
+             "detection_file": os.path.join(detection_dir, f"{image_id}.json"),
+             "source": f"{where} (question_id {qid})"}
+        if annotations is not None:
+            ann = annotations.get(qid)
+            if ann is None:
+                raise VQAFormatError(f"{where}: question_id {qid} has no annotation in {annotations_file}")
+            scores = soft_scores(ann["answers"])
+            if vocab and not any(a in vocab for a in scores):
+                no_target += 1
+            d.update(answers=ann["answers"], answer_scores=scores,
+                     answer_type=ann["answer_type"], question_type=ann["question_type"])
+        dicts.append(d)
+    if annotations is not None and len(annotations) > len(seen):
+        logger.warning("%s: %d annotations have no question in %s; ignored",
+                       annotations_file, len(annotations) - len(seen), questions_file)
+    if no_target:
+        # Kept (the official VQA training keeps them too): their target is all zeros, and the
+        # evaluation still counts them.
+        logger.warning("%s: %d of %d questions have none of their answers in the answer vocabulary "
+                       "(all-zero training target)", questions_file, no_target, len(dicts))
+    logger.info("Loaded %d VQA questions from %s", len(dicts), questions_file)
+    return dicts
+
+
+def register_vqa(name, root, subset, images, detections, vocab_file, vocab_annotations,
+                 evaluator_type="vqa"):
+    """Register one VQA subset under ``name``.
+
+    Args:
+        root (str): the COCO folder (holding ``vqa/``).
+        subset (str): e.g. "train2014", "test-dev2015".
+        images (str): the image folder name ("train2014", "val2014", "test2015").
+        detections (str): the detection folder, relative to ``root``.
+        vocab_file (str): the answer vocabulary, relative to ``root``.
+        vocab_annotations (list[str]): annotation subsets to build it from when missing.
+    """
+    questions = os.path.join(root, "vqa", f"v2_OpenEnded_mscoco_{subset}_questions.json")
+    annotations = os.path.join(root, "vqa", f"v2_mscoco_{subset}_annotations.json")
+    has_answers = not subset.startswith("test")
+    image_dir = os.path.join(root, images)
+    detection_dir = os.path.join(root, detections)
+    vocab_path = os.path.join(root, vocab_file)
+    vocab_sources = [os.path.join(root, "vqa", f"v2_mscoco_{s}_annotations.json") for s in vocab_annotations]
+
+    def load():
+        from .. import check_datasets
+
+        check_datasets([name])
+        vocab = ensure_answer_vocab(vocab_path, vocab_sources)
+        return load_vqa(questions, annotations if has_answers else None, image_dir,
+                        f"COCO_{images}_", detection_dir, vocab)
+
+    DatasetCatalog.register(name, load)
+    MetadataCatalog.get(name).set(
+        json_file=questions, annotations_file=annotations if has_answers else None,
+        detection_root=detection_dir, images=image_dir, subset=subset, has_answers=has_answers,
+        answer_vocab_file=vocab_path, answer_vocab_sources=vocab_sources,
+        evaluator_type=evaluator_type)
+
+
+def answer_vocab_of(dataset_name):
+    """The answer vocabulary of a registered VQA dataset (built when missing)."""
+    meta = MetadataCatalog.get(dataset_name)
+    if meta.get("answer_vocab_file", None) is None:
+        raise KeyError(f"dataset '{dataset_name}' has no answer vocabulary (not a VQA dataset?)")
+    return ensure_answer_vocab(meta.answer_vocab_file, meta.answer_vocab_sources)

@@ -1,0 +1,130 @@
+"""Turns a VQA dataset dict into the VLBERT model's input (paper Figure 2 (b)).
+
+Text: ``[CLS] question [SEP] [MASK] [SEP]``, the question in segment A and the answer slot in
+segment B; every token carries the whole image's visual feature. RoIs: the whole image, then the
+boxes of the image's detection file. The answer head reads VL-BERT's output at the [MASK] slot.
+"""
+import copy
+import logging
+
+import numpy as np
+import torch
+
+from detectron2.config import configurable
+
+from ..evaluation.vqa_eval import normalize_answer
+from ..modeling.bert import build_tokenizer
+from .common import WHOLE_IMAGE, build_resize_flip, pack_rows, read_image, resize_image_and_boxes, swap_left_right
+from .datasets.vqa import answer_vocab_of
+from .detections import read_detection
+
+logger = logging.getLogger(__name__)
+
+
+def vocab_for_cfg(cfg):
+    """The answer vocabulary of the config's datasets (training first); all must agree."""
+    names = list(cfg.DATASETS.TRAIN) + list(cfg.DATASETS.TEST)
+    if not names:
+        raise ValueError("VQA needs a dataset in DATASETS.TRAIN or DATASETS.TEST for its answer vocabulary")
+    vocab = answer_vocab_of(names[0])
+    for name in names[1:]:
+        other = answer_vocab_of(name)
+        if other != vocab:
+            raise ValueError(f"datasets '{names[0]}' and '{name}' use different answer vocabularies")
+    return vocab
+
+
+class VQADatasetMapper:
+    """Callable: VQA dataset dict -> model input dict (see :class:`VLBERT`)."""
+
+    @configurable
+    def __init__(self, is_train, *, tokenizer, augmentations, image_format, max_text_len,
+                 answer_vocab, detection_features=False):
+        """
+        Args:
+            is_train (bool): training (a target is required) or inference.
+            tokenizer: a BERT WordPiece tokenizer.
+            augmentations (list[Augmentation]): resize (and, in training, random flip).
+            image_format (str): e.g. "BGR".
+            max_text_len (int): word pieces of the question kept.
+            answer_vocab (list[str]): the answers the head scores.
+            detection_features (bool): precomputed-feature mode: RoI features come from the
+                detection files' ``features`` (the whole image's is their mean, as in the
+                official code) and the image is not read.
+        """
+        self.is_train = is_train
+        self.tokenizer = tokenizer
+        self.augmentations = list(augmentations)
+        self.image_format = image_format
+        self.max_text_len = max_text_len
+        self.answer_vocab = list(answer_vocab)
+        self.answer_index = {a: i for i, a in enumerate(self.answer_vocab)}
+        self.detection_features = detection_features
+
+    @classmethod
+    def from_config(cls, cfg, is_train=True):
+        return {
+            "is_train": is_train,
+            "tokenizer": build_tokenizer(cfg),
+            "augmentations": build_resize_flip(cfg, is_train, allow_flip=not cfg.MODEL.VLBERT.DETECTION_FEATURES),
+            "image_format": cfg.INPUT.FORMAT,
+            "max_text_len": cfg.INPUT.MAX_TEXT_LEN,
+            "answer_vocab": vocab_for_cfg(cfg),
+            "detection_features": cfg.MODEL.VLBERT.DETECTION_FEATURES,
+        }
+
+    def target(self, answer_scores, flipped=False):
+        """(A,) soft target over the vocabulary; answers outside it get none."""
+        target = torch.zeros(len(self.answer_vocab))
+        for answer, score in answer_scores.items():
+            if flipped:
+                answer = normalize_answer(swap_left_right(answer))
+            i = self.answer_index.get(answer)
+            if i is not None:
+                target[i] = max(float(target[i]), score)
+        return target
+
+    def encode_text(self, question):
+        tok = self.tokenizer
+        pieces = tok.tokenize(question)[: self.max_text_len]
+        ids = tok.convert_tokens_to_ids([tok.cls_token] + pieces + [tok.sep_token, tok.mask_token, tok.sep_token])
+        types = [0] * (len(pieces) + 2) + [1, 1]
+        out = pack_rows([(ids, types, [WHOLE_IMAGE] * len(ids))])
+        out["answer_position"] = len(pieces) + 2
+        return out
+
+    def __call__(self, dataset_dict):
+        d = copy.copy(dataset_dict)
+        if self.is_train and "answer_scores" not in d:
+            raise ValueError(f"{d['source']}: training needs the question's answers (annotations)")
+        det = read_detection(d["detection_file"])
+        if self.detection_features:
+            out, flipped = self.precomputed_inputs(d, det), False
+        else:
+            out, flipped = self.image_inputs(d, det)
+        question = swap_left_right(d["question"]) if flipped else d["question"]
+        out.update(self.encode_text(question))
+        out.update(question_id=d["question_id"], image_id=d["image_id"])
+        if "answer_scores" in d:
+            out["answer_target"] = self.target(d["answer_scores"], flipped)
+        return out
+
+    def precomputed_inputs(self, d, det):
+        if "features" not in det:
+            raise ValueError(f"{d['detection_file']}: no field 'features' (needed by "
+                             "MODEL.VLBERT.DETECTION_FEATURES; for the question " + d["source"] + ")")
+        w, h = det["image_w"], det["image_h"]
+        features = torch.from_numpy(det["features"])
+        features = torch.cat([features.mean(0, keepdim=True), features])
+        boxes = torch.from_numpy(np.concatenate([[[0.0, 0.0, w, h]], det["boxes"]]).astype(np.float32))
+        return {"features": features, "boxes": boxes, "image_size": (h, w), "height": h, "width": w}
+
+    def image_inputs(self, d, det):
+        image = read_image(d["file_name"], self.image_format, d["source"], field="image_id")
+        h, w = image.shape[:2]
+        if (det["image_w"], det["image_h"]) != (w, h):
+            raise ValueError(f"{d['detection_file']}: fields 'image_w'/'image_h' say "
+                             f"{det['image_w']}x{det['image_h']} but {d['file_name']} is {w}x{h}")
+        boxes = np.concatenate([[[0.0, 0.0, w, h]], det["boxes"]])
+        image, boxes, _, flipped = resize_image_and_boxes(self.augmentations, image, boxes)
+        return {"image": image, "boxes": boxes, "height": h, "width": w}, flipped

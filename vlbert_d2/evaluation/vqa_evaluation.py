@@ -1,0 +1,72 @@
+"""VQA v2 evaluation: the official accuracy (overall and per answer type) and the submission file
+of the evaluation server (test-dev / test-std)."""
+import itertools
+import json
+import logging
+import os
+
+from detectron2.data import DatasetCatalog
+from detectron2.evaluation import DatasetEvaluator
+from detectron2.utils import comm
+from detectron2.utils.file_io import PathManager
+
+from .vqa_eval import vqa_metrics
+
+logger = logging.getLogger(__name__)
+
+
+def write_vqa_submission(predictions, path):
+    """Write ``[{"question_id": int, "answer": str}]``, the format of the VQA evaluation server.
+
+    Args:
+        predictions (dict[int, str]): question_id -> answer.
+    """
+    PathManager.mkdirs(os.path.dirname(path) or ".")
+    rows = [{"question_id": int(q), "answer": a} for q, a in sorted(predictions.items())]
+    with PathManager.open(path, "w") as f:
+        json.dump(rows, f)
+    return len(rows)
+
+
+class VQAEvaluator(DatasetEvaluator):
+    """Predicted answer = the vocabulary's best-scoring answer. Writes
+    ``{output_dir}/vqa_{dataset}_results.json`` (the submission format) and, when the dataset has
+    annotations, returns the official accuracy: ``{"vqa": {"accuracy", "yes/no", "number",
+    "other", ...}}`` in percent."""
+
+    def __init__(self, dataset_name, answer_vocab, output_dir=None, distributed=True):
+        self._dataset_name = dataset_name
+        self._vocab = list(answer_vocab)
+        self._output_dir = output_dir
+        self._distributed = distributed
+        self._predictions = {}
+
+    def reset(self):
+        self._predictions = {}
+
+    def process(self, inputs, outputs):
+        for x, out in zip(inputs, outputs):
+            self._predictions[int(x["question_id"])] = self._vocab[int(out["scores"].argmax())]
+
+    def evaluate(self):
+        predictions = self._predictions
+        if self._distributed:
+            comm.synchronize()
+            parts = comm.gather(predictions, dst=0)
+            if not comm.is_main_process():
+                return {}
+            predictions = dict(itertools.chain(*(p.items() for p in parts)))
+        if self._output_dir:
+            path = os.path.join(self._output_dir, f"vqa_{self._dataset_name}_results.json")
+            n = write_vqa_submission(predictions, path)
+            logger.info("Saved %d VQA answers to %s", n, path)
+        dicts = DatasetCatalog.get(self._dataset_name)
+        annotated = {d["question_id"]: d for d in dicts if "answers" in d}
+        if not annotated:
+            logger.warning("%s: no annotations (a test split): accuracy not computed; submit the "
+                           "results file to the VQA evaluation server", self._dataset_name)
+            return {"vqa": {"num_predictions": float(len(predictions))}}
+        metrics = vqa_metrics(predictions, annotated)
+        result = {"accuracy": metrics["overall"], "num_predictions": float(len(predictions))}
+        result.update({k: v for k, v in metrics["perAnswerType"].items()})
+        return {"vqa": result}
