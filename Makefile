@@ -3,7 +3,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 export OMP_NUM_THREADS ?= 2
 
-.PHONY: setup demo test benchmark data clean
+.PHONY: setup demo demo-vqa demo-refcoco test benchmark data data-vqa data-refcoco clean
 
 setup:
 	bash scripts/setup_env.sh
@@ -15,6 +15,19 @@ data: setup
 # saved checkpoint with --eval-only.
 demo: data
 	bash scripts/demo.sh
+
+data-vqa: setup
+	$(PY) -m vlbert_d2.data.synthetic --format vqa --root $${DETECTRON2_DATASETS:-datasets}/synthetic_vqa --seed 0
+
+data-refcoco: setup
+	$(PY) -m vlbert_d2.data.synthetic --format refcoco+ --root $${DETECTRON2_DATASETS:-datasets}/synthetic_refcoco --seed 0
+
+# The same for VQA v2 and RefCOCO+ (synthetic data in the official layouts).
+demo-vqa: data-vqa
+	CONFIG=configs/quick_schedules/VLBERT-Tiny-SyntheticVQA.yaml OUT=output/tiny_synthetic_vqa bash scripts/demo.sh
+
+demo-refcoco: data-refcoco
+	CONFIG="configs/quick_schedules/VLBERT-Tiny-SyntheticRefCOCO+.yaml" OUT="output/tiny_synthetic_refcoco+" bash scripts/demo.sh
 
 test: setup
 	$(PY) -m pytest -q tests

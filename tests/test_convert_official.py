@@ -184,3 +184,27 @@ def test_finetuned_vqa_and_refcoco_heads_convert(task):
     head.load_state_dict({k[len("head."):]: v for k, v in out.items()}, strict=True)
     assert torch.equal(head.classifier[1].weight, official["module.final_mlp.2.weight"])
     assert torch.equal(head.transform[0].bias, official["module.final_mlp.0.dense.bias"])
+
+
+@pytest.mark.parametrize("task", ["vqa", "refcoco"])
+def test_pretrained_checkpoint_starts_the_task_head_transform(shapes, task):
+    """Converting the official pre-trained checkpoint for a VQA (RefCOCO+) model fills the head's
+    transform from the MLM (masked-RoI) head's, as the official fine-tuning configs do; the
+    official vocabulary has 3,129 rows."""
+    from vlbert_d2.modeling.heads import RefCOCOHead, VQAHead
+
+    head = VQAHead(hidden_size=768, num_answers=3129) if task == "vqa" else RefCOCOHead(hidden_size=768)
+    model_shapes = {k: v for k, v in shapes.items() if not k.startswith("head.")}
+    model_shapes.update({"head." + k: v.shape for k, v in head.state_dict().items()})
+    sd = random_official(official_layout())
+    out, report = convert_official_state_dict(sd, model_shapes)
+    if task == "vqa":
+        src = "module.vlbert.mlm_head.predictions.transform."
+        assert torch.equal(out["head.transform.0.weight"], sd[src + "dense.weight"].float())
+        assert torch.equal(out["head.transform.2.bias"], sd[src + "LayerNorm.bias"].float())
+        assert "vlbert.mvrc_head.transform.dense.weight" in report.unmapped
+    else:
+        assert torch.equal(out["head.transform.0.bias"], sd["module.vlbert.mvrc_head.transform.dense.bias"].float())
+        assert "vlbert.mlm_head.predictions.transform.dense.weight" in report.unmapped
+    missing = set(model_shapes) - set(out)
+    assert {k for k in missing if k.startswith("head.")} == {"head.classifier.1.weight", "head.classifier.1.bias"}

@@ -40,15 +40,17 @@ def test_accuracy_leave_one_out():
 
 
 def test_accuracy_normalisation_rules():
-    # The prediction is fully normalised: "Two" -> "2" matches the humans' "2".
-    assert vqa_accuracy("Two", ["2"] * 10) == 1.0
-    # Identical human answers are not normalised at all (the official behaviour): "Two" by all
-    # ten humans is never matched, since the prediction becomes "2".
-    assert vqa_accuracy("two", ["Two"] * 10) == 0.0
-    # Differing human answers get the punctuation step only: "red." -> "red".
+    # Differing human answers: both sides are fully normalised ("Two" -> "2", "the red" -> "red").
+    assert vqa_accuracy("Two", ["2"] * 5 + ["3"] * 5) == 1.0
+    assert vqa_accuracy("red", ["the red"] * 5 + ["blue"] * 5) == 1.0
+    assert vqa_accuracy("2", ["two"] * 4 + ["3"] * 6) == 1.0
     assert vqa_accuracy("red", ["red."] * 5 + ["blue"] * 5) == 1.0
-    # ... but not the word step: "the red" stays "the red" and does not match "red".
-    assert vqa_accuracy("red", ["the red"] * 5 + ["blue"] * 5) == 0.0
+    # Identical human answers: compared as they are (only tabs, newlines and outer spaces go).
+    assert vqa_accuracy("Two", ["2"] * 10) == 0.0
+    assert vqa_accuracy("Yes", ["yes"] * 10) == 0.0
+    assert vqa_accuracy(" yes\n", ["yes"] * 10) == 1.0
+    # Outer spaces are cleaned before deciding whether the answers differ: "dog " == "dog".
+    assert vqa_accuracy("dog", ["dog "] * 9 + ["dog"]) == 1.0
 
 
 def test_soft_scores():
@@ -68,3 +70,5 @@ def test_metrics_per_answer_type():
     assert m["overall"] == round(100 * (1 + 0 + 0.6) / 3, 2)
     with pytest.raises(KeyError, match="no prediction"):
         vqa_metrics({1: "yes"}, ann)
+    with pytest.raises(KeyError, match="without annotation"):
+        vqa_metrics({1: "yes", 2: "3", 3: "red", 4: "no"}, ann)

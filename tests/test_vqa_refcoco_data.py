@@ -271,3 +271,70 @@ def test_refcoco_flip_swaps_text_and_boxes(ref_root):
     x1, _, x2, _ = d["gt_box"]
     k = d["boxes"].index(d["gt_box"]) + 1
     assert out["boxes"][k, 0] == pytest.approx(d["width"] - x2) and out["region_labels"][k] == 1
+
+
+def test_vqa_mapper_flip_swaps_question_boxes_and_answers(vqa_root):
+    from detectron2.data import transforms as T
+
+    from vlbert_d2.data.vqa_mapper import VQADatasetMapper
+    from vlbert_d2.modeling.bert import build_tokenizer
+
+    d = dict(_load(vqa_root)[0], question="is the ball on the left?", answer_scores={"left": 1.0})
+    m = VQADatasetMapper(True, tokenizer=build_tokenizer(make_cfg()), augmentations=[T.RandomFlip(prob=1.0)],
+                         image_format="BGR", max_text_len=16, answer_vocab=["left", "right", "<unk>"])
+    out = m(d)
+    pieces = m.tokenizer.convert_ids_to_tokens(out["input_ids"][0].tolist())
+    assert "right" in pieces and "left" not in pieces
+    assert out["answer_target"].tolist() == [0.0, 1.0, 0.0]
+    det = read_detection(d["detection_file"])
+    x1, _, x2, _ = det["boxes"][0].tolist()
+    assert out["boxes"][1, 0] == pytest.approx(det["image_w"] - x2)
+
+
+def test_unknown_answer_keeps_its_row_and_is_never_predicted(tmp_path):
+    from vlbert_d2.data.datasets.vqa import answer_rows, load_answer_vocab
+    from vlbert_d2.evaluation import VQAEvaluator
+
+    path = tmp_path / "answers_vqa.txt"
+    path.write_text("yes\n<unk>\nTwo\nno\n")
+    vocab = load_answer_vocab(str(path))
+    assert vocab == ["yes", "<unk>", "Two", "no"]             # one row per line, file order
+    assert answer_rows(vocab) == {"yes": 0, "2": 2, "no": 3}  # targets: normalised, no <unk>
+    ev = VQAEvaluator("unused", vocab, distributed=False)
+    ev.process([{"question_id": 5}], [{"scores": torch.tensor([0.1, 0.9, 0.2, 0.3])}])
+    assert ev._predictions == {5: "no"}
+
+
+def test_detection_sizes_must_be_positive():
+    with pytest.raises(DetectionFormatError, match="'image_w' must be positive"):
+        parse_detection(dict(encode_detection(1, 10, 10, [[0, 0, 5, 5]]), image_w=0), "x.json")
+
+
+def test_inclusive_iou():
+    from vlbert_d2.utils.boxes import inclusive_iou
+
+    a, b = torch.tensor([[0.0, 0, 9, 9]]), torch.tensor([[3.0, 0, 12, 9]])  # 10x10 pixels, 3 apart
+    assert inclusive_iou(a, b)[0, 0] == pytest.approx(70 / 130)
+
+
+def test_refcoco_detected_training_adds_ground_truth(ref_root):
+    refs, inst, images = _ref_paths(ref_root)
+    props = os.path.join(ref_root, "refcoco+", "proposal", "res101_coco_minus_refer_notime_dets.json")
+    train = load_refcoco(refs, inst, images, "train", props)
+    gt = load_refcoco(refs, inst, images, "train")
+    for t, g in zip(train, gt):
+        assert t["boxes"][-len(g["boxes"]):] == g["boxes"] and len(t["boxes"]) > len(g["boxes"])
+
+
+def test_refcoco_annotation_of_another_image(ref_root, tmp_path):
+    refs_path, inst, images = _ref_paths(ref_root)
+    refs = pickle.load(open(refs_path, "rb"))
+    i = next(k for k, r in enumerate(refs) if r["split"] == "val")
+    other = next(r for r in refs if r["image_id"] != refs[i]["image_id"])
+    bad = [dict(r) for r in refs]
+    bad[i]["ann_id"] = other["ann_id"]
+    path = tmp_path / "refs.p"
+    with open(path, "wb") as f:
+        pickle.dump(bad, f, protocol=2)
+    with pytest.raises(RefCOCOFormatError, match="belongs to image"):
+        load_refcoco(str(path), inst, images, "val")

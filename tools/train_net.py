@@ -17,6 +17,7 @@ from detectron2.evaluation import verify_results
 from vlbert_d2 import add_vlbert_config
 from vlbert_d2.checkpoint import VLBertCheckpointer
 from vlbert_d2.data import build_vlbert_mapper, check_datasets
+from vlbert_d2.data.vqa_mapper import prepare_answer_vocab
 from vlbert_d2.evaluation import build_vlbert_evaluator
 from vlbert_d2.solver import build_lr_scheduler, build_optimizer
 
@@ -64,6 +65,8 @@ def main(args):
     cfg = setup(args)
     # Before building the model: a missing dataset should say so, not fail later on the way.
     check_datasets(cfg.DATASETS.TEST if args.eval_only else cfg.DATASETS.TRAIN + cfg.DATASETS.TEST)
+    # VQA: the answer vocabulary (built once when missing) sizes the head; kept with the run.
+    prepare_answer_vocab(cfg, None if args.eval_only else cfg.OUTPUT_DIR)
     if args.eval_only:
         if not cfg.MODEL.WEIGHTS and not args.resume:
             raise SystemExit("--eval-only needs the weights to evaluate: add MODEL.WEIGHTS "

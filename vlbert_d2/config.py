@@ -33,6 +33,9 @@ def add_vlbert_config(cfg):
     # Initial weight of the two visual LayerNorms (text-side and object-side). 0 makes the text
     # side of the embedding exactly BERT's at initialisation (official choice).
     _C.MODEL.VLBERT.VISUAL_LN_INIT = 0.0
+    # Initial weight of the object-side visual LayerNorm alone; negative: VISUAL_LN_INIT. (The
+    # tiny CPU configs open the RoI side while keeping the words readable on the text side.)
+    _C.MODEL.VLBERT.VISUAL_LN_INIT_OBJECT = -1.0
 
     # --- Visual feature embedding (paper section 3.2) ---
     # Dimension of the geometry embedding of a box; the paper uses 2048 = 4 coordinates x
@@ -82,11 +85,15 @@ def add_vlbert_config(cfg):
     _C.MODEL.VLBERT.VQA = CN()
     # Dropout between the MLM-style transform of the [MASK] output and the answer classifier.
     _C.MODEL.VLBERT.VQA.CLASSIFIER_DROPOUT = 0.1
+    # The answer vocabulary file (one answer per line = one classifier row). Empty: the one of
+    # the datasets (<coco>/vqa/answers_vqa.txt). Training copies it to OUTPUT_DIR, so that a
+    # trained model can be used without its dataset (e.g. by the demo).
+    _C.MODEL.VLBERT.VQA.ANSWER_VOCAB = ""
 
     # --- Referring expressions head (RefCOCO+, paper section 4.2.3) ---
     _C.MODEL.VLBERT.REFCOCO = CN()
     # Dropout between the MVRC-style transform of each RoI output and its scorer.
-    _C.MODEL.VLBERT.REFCOCO.CLASSIFIER_DROPOUT = 0.1
+    _C.MODEL.VLBERT.REFCOCO.CLASSIFIER_DROPOUT = 0.0  # official
 
     # --- Input ---
     # Maximum number of word pieces of the two sentences together, [CLS] and [SEP]s not

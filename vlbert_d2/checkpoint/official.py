@@ -140,6 +140,7 @@ def convert_official_state_dict(state_dict, expected_shapes=None):
         if norm in source:
             raise ConversionError(f"keys '{key}' and another one both normalise to '{norm}'")
         source[norm] = value
+    rules = _RULES + _head_from_pretraining_rules(source, expected_shapes)
     report = ConversionReport()
     out, problems = {}, []
     for key, value in source.items():
@@ -153,7 +154,7 @@ def convert_official_state_dict(state_dict, expected_shapes=None):
         if key.endswith("num_batches_tracked"):
             report.ignored.append(key)
             continue
-        target = _match(_RULES, key)
+        target = _match(rules, key)
         if target is None:
             report.unmapped.append(key)
             continue
@@ -174,6 +175,25 @@ def convert_official_state_dict(state_dict, expected_shapes=None):
     if problems:
         raise ConversionError("cannot convert the checkpoint:\n  " + "\n  ".join(problems))
     return out, report
+
+
+def _head_from_pretraining_rules(source, expected_shapes):
+    """Where the official fine-tuning starts a task head from a pre-training head, so does the
+    conversion of a pre-trained checkpoint for that task's model: the VQA transform from the MLM
+    head's transform, the RefCOCO+ transform from the masked-RoI-classification transform (the
+    official configs' PARTIAL_PRETRAIN_PREFIX_CHANGES). Only for a model with such a head (known
+    from ``expected_shapes``) and a checkpoint without a fine-tuned head (no ``final_mlp``)."""
+    if expected_shapes is None or any(k.startswith("final_mlp.") for k in source):
+        return []
+    if "head.transform.2.weight" in expected_shapes:  # VQA: dense, GELU, LayerNorm
+        return [(r"vlbert\.mlm_head\.predictions\.transform\.dense\.(weight|bias)",
+                 lambda m: f"head.transform.0.{m.group(1)}"),
+                (r"vlbert\.mlm_head\.predictions\.transform\.LayerNorm\.(weight|bias)",
+                 lambda m: f"head.transform.2.{m.group(1)}")]
+    if "head.transform.0.weight" in expected_shapes:  # RefCOCO+: dense, GELU
+        return [(r"vlbert\.mvrc_head\.transform\.dense\.(weight|bias)",
+                 lambda m: f"head.transform.0.{m.group(1)}")]
+    return []
 
 
 def _match(rules, key):

@@ -83,6 +83,9 @@ def parse_detection(record, path="<detection>"):
         value = record[key]
         if isinstance(value, bool) or not isinstance(value, (int, float)) or value != int(value) or value < 0:
             raise DetectionFormatError(f"{path}: field '{key}' must be a non-negative integer, got {value!r}")
+    for key in ("image_w", "image_h"):
+        if record[key] <= 0:
+            raise DetectionFormatError(f"{path}: field '{key}' must be positive, got {record[key]!r}")
     n = int(record["num_boxes"])
     if n == 0:
         raise DetectionFormatError(f"{path}: field 'num_boxes' is 0: an image needs at least one box")
@@ -92,6 +95,8 @@ def parse_detection(record, path="<detection>"):
     for key in ("features", "classes"):
         if record.get(key) is not None:
             out[key] = _decode(record, key, n, path)
+    if record.get("image_box_feature") is not None:  # the whole image's feature, when stored
+        out["image_box_feature"] = _decode(record, "image_box_feature", 1, path)
     b = out["boxes"]
     bad = ~np.isfinite(b).all(1) | (b[:, 2] < b[:, 0]) | (b[:, 3] < b[:, 1])
     if bad.any():

@@ -2,7 +2,8 @@
 
 Text: ``[CLS] expression [SEP]`` (segment A, whole-image visual feature). RoIs: the whole image,
 then the candidate regions; as in the official code the whole image is a candidate too. Each
-RoI's label is 1 when its IoU with the referred object's box is above 0.5.
+RoI's label is 1 when its IoU with the referred object's box (pixel-inclusive, official) is
+above 0.5, computed after the resize and flip, as the official code does.
 """
 import copy
 
@@ -10,9 +11,9 @@ import numpy as np
 import torch
 
 from detectron2.config import configurable
-from detectron2.structures import Boxes, pairwise_iou
 
 from ..modeling.bert import build_tokenizer
+from ..utils.boxes import inclusive_iou
 from .common import WHOLE_IMAGE, build_resize_flip, pack_rows, read_image, resize_image_and_boxes, swap_left_right
 
 POSITIVE_IOU = 0.5
@@ -52,7 +53,7 @@ class RefCOCODatasetMapper:
         boxes = np.concatenate([[[0.0, 0.0, w, h]], candidates, [d["gt_box"]]]).astype(np.float32)
         image, boxes, _, flipped = resize_image_and_boxes(self.augmentations, image, boxes)
         boxes, gt = boxes[:-1], boxes[-1:]
-        labels = (pairwise_iou(Boxes(boxes), Boxes(gt))[:, 0] > POSITIVE_IOU).float()
+        labels = (inclusive_iou(boxes, gt)[:, 0] > POSITIVE_IOU).float()
         sentence = swap_left_right(d["sentence"]) if flipped else d["sentence"]
         out = {"image": image, "boxes": boxes, "height": h, "width": w,
                "region_labels": labels,

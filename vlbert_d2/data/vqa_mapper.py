@@ -6,6 +6,7 @@ boxes of the image's detection file. The answer head reads VL-BERT's output at t
 """
 import copy
 import logging
+import os
 
 import numpy as np
 import torch
@@ -15,22 +16,31 @@ from detectron2.config import configurable
 from ..evaluation.vqa_eval import normalize_answer
 from ..modeling.bert import build_tokenizer
 from .common import WHOLE_IMAGE, build_resize_flip, pack_rows, read_image, resize_image_and_boxes, swap_left_right
-from .datasets.vqa import answer_vocab_of
+from .datasets.vqa import answer_rows, answer_vocab_of, load_answer_vocab
 from .detections import read_detection
 
 logger = logging.getLogger(__name__)
 
 
-def vocab_for_cfg(cfg):
-    """The answer vocabulary of the config's datasets (training first); all must agree."""
+def vocab_for_cfg(cfg, build=False):
+    """The answer vocabulary: ``MODEL.VLBERT.VQA.ANSWER_VOCAB`` when set, else that of the
+    config's datasets (training first), which must all agree.
+
+    Args:
+        build (bool): build a dataset's missing vocabulary (main process only).
+    """
+    if cfg.MODEL.VLBERT.VQA.ANSWER_VOCAB:
+        return load_answer_vocab(cfg.MODEL.VLBERT.VQA.ANSWER_VOCAB)
     names = list(cfg.DATASETS.TRAIN) + list(cfg.DATASETS.TEST)
     if not names:
-        raise ValueError("VQA needs a dataset in DATASETS.TRAIN or DATASETS.TEST for its answer vocabulary")
-    vocab = answer_vocab_of(names[0])
+        raise ValueError("VQA needs MODEL.VLBERT.VQA.ANSWER_VOCAB or a dataset in DATASETS.TRAIN/TEST "
+                         "for its answer vocabulary")
+    vocab = answer_vocab_of(names[0], build)
     for name in names[1:]:
-        other = answer_vocab_of(name)
+        other = answer_vocab_of(name, build)
         if other != vocab:
-            raise ValueError(f"datasets '{names[0]}' and '{name}' use different answer vocabularies")
+            raise ValueError(f"datasets '{names[0]}' and '{name}' use different answer vocabularies "
+                             "(set MODEL.VLBERT.VQA.ANSWER_VOCAB)")
     return vocab
 
 
@@ -58,7 +68,7 @@ class VQADatasetMapper:
         self.image_format = image_format
         self.max_text_len = max_text_len
         self.answer_vocab = list(answer_vocab)
-        self.answer_index = {a: i for i, a in enumerate(self.answer_vocab)}
+        self.answer_index = answer_rows(self.answer_vocab)
         self.detection_features = detection_features
 
     @classmethod
@@ -115,7 +125,13 @@ class VQADatasetMapper:
                              "MODEL.VLBERT.DETECTION_FEATURES; for the question " + d["source"] + ")")
         w, h = det["image_w"], det["image_h"]
         features = torch.from_numpy(det["features"])
-        features = torch.cat([features.mean(0, keepdim=True), features])
+        # The whole image's feature: the file's own when it has one, else the mean (official).
+        whole = (torch.from_numpy(det["image_box_feature"]) if "image_box_feature" in det
+                 else features.mean(0, keepdim=True))
+        if whole.shape[1] != features.shape[1]:
+            raise ValueError(f"{d['detection_file']}: field 'image_box_feature' has {whole.shape[1]} "
+                             f"values, 'features' {features.shape[1]} per box")
+        features = torch.cat([whole, features])
         boxes = torch.from_numpy(np.concatenate([[[0.0, 0.0, w, h]], det["boxes"]]).astype(np.float32))
         return {"features": features, "boxes": boxes, "image_size": (h, w), "height": h, "width": w}
 
@@ -128,3 +144,24 @@ class VQADatasetMapper:
         boxes = np.concatenate([[[0.0, 0.0, w, h]], det["boxes"]])
         image, boxes, _, flipped = resize_image_and_boxes(self.augmentations, image, boxes)
         return {"image": image, "boxes": boxes, "height": h, "width": w}, flipped
+
+
+def prepare_answer_vocab(cfg, output_dir=None):
+    """Before a VQA model is built: build the datasets' missing vocabulary (main process only,
+    the others wait) and copy it to ``output_dir`` as ``answers_vqa.txt``, so that the trained
+    model can be used without its dataset (``MODEL.VLBERT.VQA.ANSWER_VOCAB``)."""
+    from detectron2.utils import comm
+
+    if cfg.MODEL.VLBERT.HEAD != "VQAHead":
+        return None
+    if comm.is_main_process():
+        vocab = vocab_for_cfg(cfg, build=True)
+        if output_dir:
+            os.makedirs(output_dir, exist_ok=True)
+            path = os.path.join(output_dir, "answers_vqa.txt")
+            with open(path + ".tmp", "w", encoding="utf-8") as f:
+                f.write("\n".join(vocab) + "\n")
+            os.replace(path + ".tmp", path)
+            logger.info("VQA answer vocabulary (%d answers) copied to %s", len(vocab), path)
+    comm.synchronize()
+    return vocab_for_cfg(cfg)

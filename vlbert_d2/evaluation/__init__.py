@@ -14,9 +14,9 @@ def build_vlbert_evaluator(cfg, dataset_name, output_dir=None):
     if evaluator_type == "vcr":
         return VCREvaluator(dataset_name, cfg.MODEL.VLBERT.VCR.TASK, output_dir)
     if evaluator_type == "vqa":
-        from ..data.datasets.vqa import answer_vocab_of
+        from ..data.vqa_mapper import vocab_for_cfg
 
-        return VQAEvaluator(dataset_name, answer_vocab_of(dataset_name), output_dir)
+        return VQAEvaluator(dataset_name, vocab_for_cfg(cfg), output_dir)
     if evaluator_type == "refcoco":
         return RefCOCOEvaluator(dataset_name, output_dir)
     raise NotImplementedError(f"no evaluator for dataset '{dataset_name}' "

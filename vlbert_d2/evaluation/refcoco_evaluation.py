@@ -7,9 +7,10 @@ import os
 import torch
 
 from detectron2.evaluation import DatasetEvaluator
-from detectron2.structures import Boxes, pairwise_iou
 from detectron2.utils import comm
 from detectron2.utils.file_io import PathManager
+
+from ..utils.boxes import inclusive_iou
 
 logger = logging.getLogger(__name__)
 CORRECT_IOU = 0.5
@@ -17,7 +18,7 @@ CORRECT_IOU = 0.5
 
 class RefCOCOEvaluator(DatasetEvaluator):
     """The predicted box is the best-scoring candidate region; it is right when its IoU with the
-    referred object's box is at least 0.5. Writes ``{output_dir}/refcoco_{dataset}_results.json``:
+    referred object's box is at least 0.5 (pixel-inclusive sizes, as the official evaluation). Writes ``{output_dir}/refcoco_{dataset}_results.json``:
     ``[{"ref_id", "sent_id", "box": [x, y, w, h]}]`` (pixels of the original image)."""
 
     def __init__(self, dataset_name, output_dir=None, distributed=True):
@@ -32,7 +33,7 @@ class RefCOCOEvaluator(DatasetEvaluator):
     def process(self, inputs, outputs):
         for x, out in zip(inputs, outputs):
             box = x["candidate_boxes"][out["index"]].float()
-            iou = float(pairwise_iou(Boxes(box[None]), Boxes(x["gt_box"].float()[None]))[0, 0])
+            iou = float(inclusive_iou(box[None], x["gt_box"].float()[None])[0, 0])
             x1, y1, x2, y2 = box.tolist()
             self._predictions.append({"ref_id": x["ref_id"], "sent_id": x["sent_id"],
                                       "box": [x1, y1, x2 - x1, y2 - y1], "iou": iou})

@@ -2,10 +2,12 @@
 ``vqaEval.py``), and the soft training targets derived from it.
 
 Accuracy of a predicted answer against the 10 human answers: for each of the 10 leave-one-out
-subsets of 9 answers, ``min(1, #matches / 3)``; the question's accuracy is their mean. Before
-matching, the prediction is normalised (punctuation, then number words to digits, articles
-dropped, contractions restored); the human answers only get the punctuation step, and only when
-they are not all identical (the official code's behaviour, kept for identical figures).
+subsets of 9 answers, ``min(1, #matches / 3)``; the question's accuracy is their mean. All
+answers are first cleaned of tabs, newlines and outer spaces. Then, only when the human answers
+are not all identical, the prediction and the human answers are normalised (punctuation, then
+number words to digits, articles dropped, contractions restored); identical human answers are
+compared as they are. This is the current official code (since its 2021 fix "Fixed processing
+answers bug"), kept quirks included for identical figures.
 """
 import re
 from collections import defaultdict
@@ -85,7 +87,8 @@ def _clean(text):
 
 
 def normalize_answer(answer):
-    """The full normalisation the official code applies to a predicted answer."""
+    """The full normalisation the official code applies to answers (when the human answers
+    differ)."""
     return process_digit_article(process_punctuation(_clean(answer)))
 
 
@@ -93,12 +96,14 @@ def vqa_accuracy(prediction, gt_answers):
     """Official accuracy (in [0, 1]) of one predicted answer against the human answers.
 
     Args:
-        prediction (str): the predicted answer, raw (it is normalised here).
+        prediction (str): the predicted answer, raw.
         gt_answers (list[str]): the (10) human answers, raw.
     """
-    prediction = normalize_answer(prediction)
+    prediction = _clean(prediction)
+    gt_answers = [_clean(a) for a in gt_answers]
     if len(set(gt_answers)) > 1:
-        gt_answers = [process_punctuation(a) for a in gt_answers]
+        gt_answers = [process_digit_article(process_punctuation(a)) for a in gt_answers]
+        prediction = process_digit_article(process_punctuation(prediction))
     n = len(gt_answers)
     matches = sum(a == prediction for a in gt_answers)
     # Leaving out a matching answer leaves matches - 1 matches, any other leaves matches.
@@ -108,7 +113,9 @@ def vqa_accuracy(prediction, gt_answers):
 
 def soft_scores(gt_answers):
     """Soft training targets: every distinct normalised human answer with its official
-    accuracy, the mean over the leave-one-out subsets of min(1, matches / 3).
+    accuracy, the mean over the leave-one-out subsets of min(1, matches / 3). Unlike the
+    evaluation, the answers are always fully normalised (as BUTD-style VQA training does), so
+    that surface variants of an answer ("Two", "2") count for the same vocabulary entry.
 
     Args:
         gt_answers (list[str]): the human answers, raw (fully normalised here).
@@ -140,6 +147,9 @@ def vqa_metrics(predictions, annotations):
     missing = [q for q in annotations if q not in predictions]
     if missing:
         raise KeyError(f"{len(missing)} annotated questions have no prediction (e.g. question_id {missing[0]})")
+    extra = [q for q in predictions if q not in annotations]
+    if extra:  # the official loadRes refuses results for other questions too
+        raise KeyError(f"{len(extra)} predictions are for questions without annotation (e.g. question_id {extra[0]})")
     accs, by_answer, by_question = [], defaultdict(list), defaultdict(list)
     for qid, ann in annotations.items():
         acc = vqa_accuracy(predictions[qid], ann["answers"])

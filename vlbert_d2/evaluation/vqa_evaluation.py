@@ -37,6 +37,8 @@ class VQAEvaluator(DatasetEvaluator):
     def __init__(self, dataset_name, answer_vocab, output_dir=None, distributed=True):
         self._dataset_name = dataset_name
         self._vocab = list(answer_vocab)
+        # <unk> (the official vocabulary has it) is never a prediction.
+        self._unknown = [i for i, a in enumerate(self._vocab) if a == "<unk>"]
         self._output_dir = output_dir
         self._distributed = distributed
         self._predictions = {}
@@ -46,7 +48,9 @@ class VQAEvaluator(DatasetEvaluator):
 
     def process(self, inputs, outputs):
         for x, out in zip(inputs, outputs):
-            self._predictions[int(x["question_id"])] = self._vocab[int(out["scores"].argmax())]
+            scores = out["scores"].clone()
+            scores[self._unknown] = float("-inf")
+            self._predictions[int(x["question_id"])] = self._vocab[int(scores.argmax())]
 
     def evaluate(self):
         predictions = self._predictions

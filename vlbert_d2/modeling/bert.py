@@ -126,3 +126,40 @@ def _grow_token_types(bert, num_types):
     new.weight.data[: old.num_embeddings] = old.weight.data
     bert.embeddings.token_type_embeddings = new
     bert.config.type_vocab_size = num_types
+
+
+_WEIGHT_FILES = ("model.safetensors", "pytorch_model.bin")
+
+
+def load_pretrained_tensors(name, prefix):
+    """Tensors of a local BERT checkpoint whose names start with ``prefix`` (stripped), e.g.
+    ``"cls.predictions.transform."`` for the MLM head's transform, which ``BertModel`` does not
+    load. Old TensorFlow-era names (``gamma``/``beta``) become ``weight``/``bias``.
+
+    Returns:
+        dict[str, Tensor]: empty when ``name`` is not a local directory (a hub name: only
+        ``BertModel``'s weights are fetched) or its checkpoint has no such tensors.
+    """
+    path = resolve_pretrained(name) if name else ""
+    if not os.path.isdir(path):
+        return {}
+    for filename in _WEIGHT_FILES:
+        file = os.path.join(path, filename)
+        if not os.path.isfile(file):
+            continue
+        if filename.endswith(".safetensors"):
+            from safetensors.torch import load_file
+
+            state = load_file(file)
+        else:
+            import torch
+
+            state = torch.load(file, map_location="cpu", weights_only=True)
+        out = {}
+        for key, value in state.items():
+            key = key[len("bert."):] if key.startswith("bert.") and not prefix.startswith("bert.") else key
+            if key.startswith(prefix):
+                rest = key[len(prefix):].replace("gamma", "weight").replace("beta", "bias")
+                out[rest] = value
+        return out
+    return {}

@@ -3,12 +3,16 @@
 Tasks differ only by their input formatting (data side) and their head and loss (here). A head
 is registered in ``VLBERT_HEAD_REGISTRY`` and chosen by ``MODEL.VLBERT.HEAD``.
 """
+import logging
+
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 from detectron2.config import configurable
 from detectron2.utils.registry import Registry
+
+logger = logging.getLogger(__name__)
 
 VLBERT_HEAD_REGISTRY = Registry("VLBERT_HEAD")
 VLBERT_HEAD_REGISTRY.__doc__ = """
@@ -117,6 +121,14 @@ class VCRHead(nn.Module):
         return logits.sum() * 0.0
 
 
+def _init_linears(module):
+    """The official initialisation of the task heads' layers: Xavier-uniform weights, zero bias."""
+    for m in module.modules():
+        if isinstance(m, nn.Linear):
+            nn.init.xavier_uniform_(m.weight)
+            nn.init.zeros_(m.bias)
+
+
 def _prediction_transform(hidden_size, layer_norm_eps=1e-12):
     """BERT's prediction-head transform (dense, GELU, LayerNorm), as used by the MLM head."""
     return nn.Sequential(nn.Linear(hidden_size, hidden_size), nn.GELU(),
@@ -129,17 +141,46 @@ class VQAHead(nn.Module):
     linear classifier over the answer vocabulary; sigmoid BCE against the soft VQA scores."""
 
     @configurable
-    def __init__(self, *, hidden_size, num_answers, dropout=0.1):
+    def __init__(self, *, hidden_size, num_answers, dropout=0.1, bert_name=""):
+        """
+        Args:
+            hidden_size (int): H.
+            num_answers (int): A, the answer vocabulary's size.
+            dropout (float): between the transform and the classifier.
+            bert_name (str): BERT checkpoint whose MLM-head transform initialises the
+                transform (official); empty or without an MLM head: random.
+        """
         super().__init__()
         self.transform = _prediction_transform(hidden_size)
         self.classifier = nn.Sequential(nn.Dropout(dropout), nn.Linear(hidden_size, num_answers))
+        _init_linears(self)
+        self._init_transform_from_mlm(bert_name)
 
     @classmethod
     def from_config(cls, cfg, hidden_size):
         from ..data.vqa_mapper import vocab_for_cfg
 
         return {"hidden_size": hidden_size, "num_answers": len(vocab_for_cfg(cfg)),
-                "dropout": cfg.MODEL.VLBERT.VQA.CLASSIFIER_DROPOUT}
+                "dropout": cfg.MODEL.VLBERT.VQA.CLASSIFIER_DROPOUT,
+                "bert_name": cfg.MODEL.VLBERT.BERT_NAME}
+
+    def _init_transform_from_mlm(self, bert_name):
+        """As the official VQA model: the transform starts from BERT's MLM-head transform
+        (``cls.predictions.transform``) when the BERT checkpoint has one."""
+        from .bert import load_pretrained_tensors
+
+        mlm = load_pretrained_tensors(bert_name, "cls.predictions.transform.") if bert_name else {}
+        if not mlm:
+            logger.info("VQA head: %s has no MLM head (cls.predictions.transform); its transform "
+                        "starts from random weights", bert_name or "a random BERT")
+            return
+        mapping = {"dense.weight": "0.weight", "dense.bias": "0.bias",
+                   "LayerNorm.weight": "2.weight", "LayerNorm.bias": "2.bias"}
+        missing = [k for k in mapping if k not in mlm]
+        if missing:
+            raise ValueError(f"{bert_name}: cls.predictions.transform lacks {missing}")
+        self.transform.load_state_dict({mapping[k]: mlm[k] for k in mapping})
+        logger.info("VQA head: transform initialised from %s's cls.predictions.transform", bert_name)
 
     def forward(self, outputs, batch):
         """
@@ -171,6 +212,7 @@ class RefCOCOHead(nn.Module):
         # The official masked-RoI-classification (MVRC) transform: dense and GELU, no LayerNorm.
         self.transform = nn.Sequential(nn.Linear(hidden_size, hidden_size), nn.GELU())
         self.classifier = nn.Sequential(nn.Dropout(dropout), nn.Linear(hidden_size, 1))
+        _init_linears(self)
 
     @classmethod
     def from_config(cls, cfg, hidden_size):

@@ -85,7 +85,9 @@ class VLBERT(nn.Module):
                 "below MODEL.BACKBONE.FREEZE_AT) are frozen: set MODEL.VLBERT.DETECTOR_WEIGHTS (the "
                 "Visual Genome detector of the paper) or MODEL.WEIGHTS.")
         bert = build_bert(cfg, vocab_size=len(build_tokenizer(cfg)))
-        vl_bert = VisualLinguisticBert(bert, visual_ln_init=cfg.MODEL.VLBERT.VISUAL_LN_INIT)
+        obj_init = cfg.MODEL.VLBERT.VISUAL_LN_INIT_OBJECT
+        vl_bert = VisualLinguisticBert(bert, visual_ln_init=cfg.MODEL.VLBERT.VISUAL_LN_INIT,
+                                       visual_ln_init_object=None if obj_init < 0 else obj_init)
         fusion = VisualFusion(
             appearance_dim=region_extractor.out_channels,
             geometry_dim=cfg.MODEL.VLBERT.GEOMETRY_DIM,

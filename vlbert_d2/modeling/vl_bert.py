@@ -42,11 +42,12 @@ class VLBertOutput:
 class VisualLinguisticBert(nn.Module):
     """BERT with VL-BERT's visual-linguistic input embedding."""
 
-    def __init__(self, bert, visual_ln_init=0.0):
+    def __init__(self, bert, visual_ln_init=0.0, visual_ln_init_object=None):
         """
         Args:
             bert (transformers.BertModel): with ``type_vocab_size >= 3``.
             visual_ln_init (float): initial weight of the two visual LayerNorms.
+            visual_ln_init_object (float or None): of the object-side one, if different.
         """
         super().__init__()
         if bert.config.type_vocab_size < 3:
@@ -60,8 +61,10 @@ class VisualLinguisticBert(nn.Module):
         self.end_embedding = nn.Parameter(torch.randn(hidden) * std)
         self.visual_ln_text = nn.LayerNorm(hidden, eps=eps)
         self.visual_ln_object = nn.LayerNorm(hidden, eps=eps)
-        for ln in (self.visual_ln_text, self.visual_ln_object):
-            nn.init.constant_(ln.weight, visual_ln_init)
+        if visual_ln_init_object is None:
+            visual_ln_init_object = visual_ln_init
+        for ln, init in ((self.visual_ln_text, visual_ln_init), (self.visual_ln_object, visual_ln_init_object)):
+            nn.init.constant_(ln.weight, init)
             nn.init.zeros_(ln.bias)
 
     @property

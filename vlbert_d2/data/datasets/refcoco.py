@@ -81,6 +81,8 @@ def load_instances(path):
             raise RefCOCOFormatError(f"{where}: needs 'id', 'image_id' and 'bbox'")
         if a["image_id"] not in images:
             raise RefCOCOFormatError(f"{where}: field 'image_id': image {a['image_id']} is not in 'images'")
+        if a["id"] in anns:
+            raise RefCOCOFormatError(f"{where}: field 'id': annotation {a['id']} occurs twice")
         anns[a["id"]] = (a["image_id"], _xywh_to_xyxy(a["bbox"], where, "bbox"))
     return images, anns
 
@@ -139,10 +141,17 @@ def load_refcoco(refs_file, instances_file, image_dir, split, proposals_file=Non
             raise RefCOCOFormatError(f"{where}: field 'image_id': image {image_id} is not in {instances_file}")
         if ref["ann_id"] not in anns:
             raise RefCOCOFormatError(f"{where}: field 'ann_id': annotation {ref['ann_id']} is not in {instances_file}")
+        if anns[ref["ann_id"]][0] != image_id:
+            raise RefCOCOFormatError(f"{where}: field 'ann_id': annotation {ref['ann_id']} belongs to image "
+                                     f"{anns[ref['ann_id']][0]}, not to the ref's image {image_id}")
         if proposals is not None:
             boxes = proposals.get(image_id)
             if not boxes:
                 raise RefCOCOFormatError(f"{where}: image {image_id} has no region in {proposals_file}")
+            if split == "train":
+                # As the official detected-regions training ("proposal+gt"): the image's
+                # ground-truth boxes are candidates too, so every expression has a positive.
+                boxes = boxes + image_anns[image_id]
         else:
             boxes = image_anns[image_id]
         sentences = ref["sentences"]

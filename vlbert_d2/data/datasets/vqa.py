@@ -88,20 +88,38 @@ def build_answer_vocab(annotation_files, min_count=ANSWER_MIN_COUNT):
     return sorted((a for a, c in counts.items() if c >= min_count and a), key=lambda a: (-counts[a], a))
 
 
+UNKNOWN_ANSWER = "<unk>"
+
+
 def load_answer_vocab(path):
-    """Read a vocabulary file (one answer per line); answers are normalised as the targets are."""
+    """Read a vocabulary file: one answer per line, kept in file order, one classifier row each.
+
+    The official file (``answers_vqa.txt``) has 3,129 lines, one of them ``<unk>``: it keeps its
+    row (so official checkpoints fit) but is never a target nor a prediction.
+    """
     try:
         with open(path, encoding="utf-8") as f:
             lines = [line.strip() for line in f]
     except FileNotFoundError:
-        raise FileNotFoundError(f"VQA answer vocabulary not found: {path}") from None
-    vocab = [normalize_answer(a) for a in lines if a and a != "<unk>"]
+        raise FileNotFoundError(f"VQA answer vocabulary not found: {path} (build it with "
+                                "tools/build_vqa_vocab.py; tools/train_net.py builds it when missing)") from None
+    vocab = [a for a in lines if a]
     dup = [a for a, c in Counter(vocab).items() if c > 1]
     if dup:
-        raise VQAFormatError(f"{path}: answers {dup[:5]} occur more than once (after the official normalisation)")
-    if not vocab:
+        raise VQAFormatError(f"{path}: answers {dup[:5]} occur on more than one line")
+    if not [a for a in vocab if a != UNKNOWN_ANSWER]:
         raise VQAFormatError(f"{path}: the answer vocabulary is empty")
     return vocab
+
+
+def answer_rows(vocab):
+    """{normalised answer: row} for the targets (the first row wins when two lines normalise
+    to the same answer); ``<unk>`` has none."""
+    rows = {}
+    for i, a in enumerate(vocab):
+        if a != UNKNOWN_ANSWER:
+            rows.setdefault(normalize_answer(a), i)
+    return rows
 
 
 def ensure_answer_vocab(path, annotation_files, min_count=ANSWER_MIN_COUNT):
@@ -141,7 +159,7 @@ def load_vqa(questions_file, annotations_file, image_dir, image_prefix, detectio
     """
     questions = _load_json(questions_file, "questions")
     annotations = load_annotations(annotations_file) if annotations_file else None
-    vocab = set(answer_vocab or ())
+    vocab = set(answer_rows(answer_vocab)) if answer_vocab else set()
     dicts, seen = [], set()
     no_target = 0
     for i, q in enumerate(questions):
@@ -203,7 +221,9 @@ def register_vqa(name, root, subset, images, detections, vocab_file, vocab_annot
         from .. import check_datasets
 
         check_datasets([name])
-        vocab = ensure_answer_vocab(vocab_path, vocab_sources)
+        # Only read here (every data-loader process loads the dataset): the vocabulary is built,
+        # when missing, once by the main process (tools/train_net.py, build_answer_vocab).
+        vocab = load_answer_vocab(vocab_path)
         return load_vqa(questions, annotations if has_answers else None, image_dir,
                         f"COCO_{images}_", detection_dir, vocab)
 
@@ -215,9 +235,16 @@ def register_vqa(name, root, subset, images, detections, vocab_file, vocab_annot
         evaluator_type=evaluator_type)
 
 
-def answer_vocab_of(dataset_name):
-    """The answer vocabulary of a registered VQA dataset (built when missing)."""
+def answer_vocab_of(dataset_name, build=False):
+    """The answer vocabulary of a registered VQA dataset.
+
+    Args:
+        build (bool): build it from the dataset's training annotations when missing (do this in
+            one process only; see tools/train_net.py).
+    """
     meta = MetadataCatalog.get(dataset_name)
     if meta.get("answer_vocab_file", None) is None:
         raise KeyError(f"dataset '{dataset_name}' has no answer vocabulary (not a VQA dataset?)")
-    return ensure_answer_vocab(meta.answer_vocab_file, meta.answer_vocab_sources)
+    if build:
+        return ensure_answer_vocab(meta.answer_vocab_file, meta.answer_vocab_sources)
+    return load_answer_vocab(meta.answer_vocab_file)

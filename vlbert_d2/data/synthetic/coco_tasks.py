@@ -135,8 +135,8 @@ VQA_DETECTION_DIRS = {
 _VQA_ID_BASE = {s: k * _ID_STRIDE for k, s in enumerate(VQA_DEFAULT_COUNTS)}
 _NUMBER_WORDS = {"1": "one", "2": "two", "3": "three", "4": "four", "5": "five", "6": "six"}
 # A correct human answer is written as a surface variant with this probability, for at most
-# _MAX_VARIANTS of them: the official accuracy only strips punctuation from the human answers, so
-# at least 6 canonical answers keep the canonical prediction at accuracy 1 even there.
+# _MAX_VARIANTS of them, so that at least 6 answers are canonical and the canonical prediction
+# scores 1 whatever the official normalisation does with the variants.
 _VARIANT_RATE = 0.15
 _MAX_VARIANTS = 2
 _VQA_INFO = {"description": "Synthetic VQA v2-format dataset (vlbert_d2)", "version": "2.0",
