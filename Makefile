@@ -17,10 +17,10 @@ demo: data
 	bash scripts/demo.sh
 
 data-vqa: setup
-	$(PY) -m vlbert_d2.data.synthetic --format vqa --root $${DETECTRON2_DATASETS:-datasets}/synthetic_vqa --seed 0
+	$(PY) -m vlbert_d2.data.synthetic --format vqa --root $${DETECTRON2_DATASETS:-datasets}/synthetic_vqa_geometry --seed 0 --question-types count morethan moreside
 
 data-refcoco: setup
-	$(PY) -m vlbert_d2.data.synthetic --format refcoco+ --root $${DETECTRON2_DATASETS:-datasets}/synthetic_refcoco --seed 0
+	$(PY) -m vlbert_d2.data.synthetic --format refcoco+ --root $${DETECTRON2_DATASETS:-datasets}/synthetic_refcoco_geometry --seed 0 --question-types biggest smallest leftmost rightmost
 
 # The same for VQA v2 and RefCOCO+ (synthetic data in the official layouts).
 demo-vqa: data-vqa

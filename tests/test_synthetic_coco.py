@@ -12,18 +12,48 @@ import pytest
 
 from vlbert_d2.data import synthetic
 from vlbert_d2.data.detections import read_detection
-from vlbert_d2.data.synthetic import MAX_SIZE, MIN_SIZE, PALETTE, SHAPES, SIZE_GAP
+from vlbert_d2.data.synthetic import MAX_SIZE, MIDLINE_MARGIN, MIN_SIZE, PALETTE, SHAPES, SIZE_GAP
 from vlbert_d2.data.synthetic.coco_tasks import (
-    REFCOCO_INSTANCES, REFCOCO_MARKER, REFCOCO_PROPOSALS, REFCOCO_REFS, VQA_DETECTION_DIRS,
-    VQA_MARKER, ensure_synthetic_refcoco, ensure_synthetic_vqa, generate_refcoco, generate_vqa,
-    is_complete_refcoco, is_complete_vqa, refcoco_image_file, vqa_annotation_file,
-    vqa_image_file, vqa_question_file)
+    _MIN_X_GAP, REFCOCO_EXPRESSION_TYPES, REFCOCO_GEOMETRY_TYPES, REFCOCO_INSTANCES,
+    REFCOCO_MARKER, REFCOCO_PROPOSALS, REFCOCO_REFS, VQA_DETECTION_DIRS, VQA_GEOMETRY_TYPES,
+    VQA_MARKER, VQA_QUESTION_TYPES, ensure_synthetic_refcoco, ensure_synthetic_vqa,
+    generate_refcoco, generate_vqa, is_complete_refcoco, is_complete_vqa, refcoco_image_file,
+    vqa_annotation_file, vqa_image_file, vqa_question_file)
 
 VQA_COUNTS = {"train2014": 150, "val2014": 40, "test2015": 10}
 REF_COUNTS = {"train": 120, "val": 30, "testA": 15, "testB": 15}
 VQA_SMALL = {"train2014": 4, "val2014": 3, "test2015": 3}
 REF_SMALL = {"train": 4, "val": 2, "testA": 2, "testB": 2}
 _NUMBERS = {"one": "1", "two": "2", "three": "3", "four": "4", "five": "5", "six": "6"}
+_QUADRANTS = ("top left", "top right", "bottom left", "bottom right")
+# Question text -> question type; written out here (not taken from the generator) as the spec.
+_VQA_QUESTIONS = [
+    ("color", re.compile(r"what color is the biggest object\?")),
+    ("shape", re.compile(r"what shape is the biggest object\?")),
+    ("count", re.compile(r"how many objects are there\?")),
+    ("yesno", re.compile(r"is the biggest object (%s)\?" % "|".join(PALETTE))),
+    ("position", re.compile(r"where is the biggest object\?")),
+    ("side", re.compile(r"is the biggest object on the (left|right)\?")),
+    ("morethan", re.compile(r"are there more than 3 objects\?")),
+    ("moreside", re.compile(r"which side has more objects\?")),
+]
+# Question type -> (annotation question_type, answer_type, canonical answers).
+_VQA_ANSWERS = {
+    "color": ("what color is", "other", set(PALETTE)),
+    "shape": ("what shape is", "other", set(SHAPES)),
+    "count": ("how many", "number", {"2", "3", "4", "5"}),
+    "yesno": ("is the", "yes/no", {"yes", "no"}),
+    "position": ("where is", "other", set(_QUADRANTS)),
+    "side": ("is the", "yes/no", {"yes", "no"}),
+    "morethan": ("are there", "yes/no", {"yes", "no"}),
+    "moreside": ("which side has", "other", {"left", "right"}),
+}
+_REF_PHRASES = {
+    "biggest": {"the biggest one", "the largest one", "biggest object"},
+    "smallest": {"the smallest one", "the tiniest one", "smallest object"},
+    "leftmost": {"the left-most one", "the one furthest to the left"},
+    "rightmost": {"the right-most one", "the one furthest to the right"},
+}
 
 
 def _normalize(answer):
@@ -46,6 +76,18 @@ def _files(root):
 def _read(root, rel):
     with open(os.path.join(root, rel), "rb") as f:
         return f.read()
+
+
+def _vqa_kind(text):
+    """(question type, regex match) of a generated question."""
+    kinds = [(k, m) for k, pattern in _VQA_QUESTIONS for m in [pattern.fullmatch(text)] if m]
+    assert len(kinds) == 1, text
+    return kinds[0]
+
+
+def _ref_kind(sent):
+    kinds = [k for k, phrases in _REF_PHRASES.items() if sent in phrases]
+    return kinds[0] if kinds else "color"
 
 
 def _color_at(img, x1, y1, x2, y2):
@@ -126,8 +168,8 @@ def test_vqa_format(vqa):
 
 
 def test_vqa_annotations(vqa):
-    types = {"what color is": ("other", set(PALETTE)), "what shape is": ("other", set(SHAPES)),
-             "how many": ("number", {"2", "3", "4", "5"}), "is the": ("yes/no", {"yes", "no"})}
+    assert set(_VQA_ANSWERS) == set(VQA_QUESTION_TYPES)
+    seen = collections.Counter()
     variants = set()
     for subset in ("train2014", "val2014"):
         data = _json(vqa, vqa_annotation_file(subset))
@@ -140,8 +182,11 @@ def test_vqa_annotations(vqa):
                                 "multiple_choice_answer", "answers"}
             q = questions[ann["question_id"]]
             assert ann["image_id"] == q["image_id"]
+            kind = _vqa_kind(q["question"])[0]
+            seen[kind] += 1
+            question_type, answer_type, values = _VQA_ANSWERS[kind]
+            assert ann["question_type"] == question_type
             assert q["question"].startswith(ann["question_type"] + " ")
-            answer_type, values = types[ann["question_type"]]
             assert ann["answer_type"] == answer_type
             mca = ann["multiple_choice_answer"]
             assert mca in values
@@ -156,6 +201,9 @@ def test_vqa_annotations(vqa):
             variants |= {a["answer"] for a in answers if a["answer"] != _normalize(a["answer"])}
     assert {v for v in variants if v.endswith(".")} and {v for v in variants if v[0].isupper()}
     assert variants & set(_NUMBERS) and variants & {"Yes", "No"}
+    assert variants & {q.capitalize() for q in _QUADRANTS} and variants & {q + "." for q in _QUADRANTS}
+    assert variants & {"Left", "Right", "left.", "right."}
+    assert set(seen) == set(VQA_QUESTION_TYPES), seen
 
 
 def test_vqa_detections_match_answers(vqa):
@@ -185,24 +233,55 @@ def test_vqa_detections_match_answers(vqa):
             color = _color_at(img, *boxes[big])
             shape = SHAPES[int(classes[big].argmax()) - 1]
             # Scenes have 3..5 objects, 2..5 when one of the questions counts them.
-            counted = any(q["question"].startswith("how many") for q in qs)
+            kinds = {_vqa_kind(q["question"])[0] for q in qs}
+            counted = bool(kinds & {"count", "morethan"})
             assert (2 if counted else 3) <= len(boxes) <= 5
+            # Every object's box centre keeps clear of the vertical midline (detection boxes
+            # are continuous: the scene's inclusive box + 1 pixel).
+            centres = (boxes[:, 0] + boxes[:, 2]) / 2
+            assert (abs(centres - 192 / 2) >= MIDLINE_MARGIN - 0.5).all()
+            left = int((centres < 192 / 2).sum())
+            # The biggest object's box centre, and the quadrant / half of the image it lies in;
+            # placement keeps every centre clear of the midlines.
+            cx, cy = (boxes[big, 0] + boxes[big, 2]) / 2, (boxes[big, 1] + boxes[big, 3]) / 2
+            side = "left" if cx < 192 / 2 else "right"
+            quadrant = ("top " if cy < 128 / 2 else "bottom ") + side
             for q in qs:
                 text = q["question"]
-                if text.startswith("how many"):
+                kind, match = _vqa_kind(text)
+                if kind == "count":
                     truth = str(len(boxes))
+                elif kind == "morethan":
+                    truth = "yes" if len(boxes) > 3 else "no"
+                elif kind == "moreside":
+                    # Never a tie: scenes asked about are resampled until the sides differ.
+                    assert 2 * left != len(boxes), boxes
+                    truth = "left" if 2 * left > len(boxes) else "right"
                 else:
                     assert np.diff(np.sort(sides)).min() >= SIZE_GAP
-                    if text.startswith("what color"):
+                    if kind == "color":
                         truth = color
-                    elif text.startswith("what shape"):
+                    elif kind == "shape":
                         truth = shape
+                    elif kind == "yesno":
+                        truth = "yes" if match.group(1) == color else "no"
                     else:
-                        truth = "yes" if text == f"is the biggest object {color}?" else "no"
+                        # Detection boxes are continuous (the scene's inclusive box + 1 pixel).
+                        assert abs(cx - 192 / 2) >= MIDLINE_MARGIN - 0.5
+                        assert abs(cy - 128 / 2) >= MIDLINE_MARGIN - 0.5
+                        if kind == "position":
+                            truth = quadrant
+                        else:
+                            truth = "yes" if match.group(1) == side else "no"
                 if q["question_id"] in answers:
                     assert answers[q["question_id"]] == truth, text
-                seen[text.split()[0]] += 1
-    assert set(seen) == {"what", "how", "is"}
+                seen[kind] += 1
+                seen[kind, truth] += 1
+    assert {k for k in seen if isinstance(k, str)} == set(VQA_QUESTION_TYPES), seen
+    # Both answers of every yes/no kind, both sides, and every quadrant, do occur.
+    assert all(seen[k, a] for k in ("yesno", "side", "morethan") for a in ("yes", "no")), seen
+    assert all(seen["moreside", s] for s in ("left", "right")), seen
+    assert all(seen["position", q] for q in _QUADRANTS), seen
 
 
 def test_vqa_answers_need_the_image(vqa):
@@ -212,30 +291,63 @@ def test_vqa_answers_need_the_image(vqa):
                      for q in _json(vqa, vqa_question_file(subset))["questions"]}
         for ann in _json(vqa, vqa_annotation_file(subset))["annotations"]:
             by_text[questions[ann["question_id"]]][ann["multiple_choice_answer"]] += 1
-    assert len(by_text) == 3 + len(PALETTE)
+    # color, shape, count, position, morethan and moreside questions have one text each;
+    # yes/no questions one per asked color, side questions one per asked side.
+    assert len(by_text) == 6 + len(PALETTE) + 2, sorted(by_text)
     assert all(len(answers) > 1 for answers in by_text.values()), by_text
     # The best text-only model answers each question string with its most frequent answer;
-    # even scored on its own training data it stays near chance (about 0.4 here: 1/6 for
-    # colors, 1/3 shapes, 1/4 counts, 1/2 yes/no, plus sampling noise).
+    # even scored on its own training data it stays near chance (0.375 expected: 1/6 for
+    # colors, 1/3 shapes, 1/4 counts and quadrants, 1/2 the three yes/no kinds and the
+    # left/right one; 0.45 with this seed, as each asked color has only a few questions).
     best = sum(a.most_common(1)[0][1] for a in by_text.values())
     assert best / sum(sum(a.values()) for a in by_text.values()) < 0.5
 
 
-def test_vqa_yes_no_balanced(tmp_path):
+@pytest.mark.parametrize("qtype, num_texts", [("yesno", len(PALETTE)), ("side", 2), ("morethan", 1)])
+def test_vqa_yes_no_balanced(tmp_path, qtype, num_texts):
     # A fair coin per question: over a few hundred questions the share of "yes" stays near 1/2
-    # (one standard deviation is 0.03 here), overall and for every asked color.
-    root = str(tmp_path / "yesno")
+    # (one standard deviation is 0.03 here), overall and for every question text (every asked
+    # color, every asked side; "more than 3" of 2..5 objects drawn uniformly).
+    root = str(tmp_path / qtype)
     generate_vqa(root, counts={"train2014": 260, "val2014": 0, "test2015": 0}, seed=1,
-                 question_types=("yesno",))
+                 question_types=(qtype,))
     questions = {q["question_id"]: q["question"]
                  for q in _json(root, vqa_question_file("train2014"))["questions"]}
-    by_color = collections.defaultdict(collections.Counter)
+    by_text = collections.defaultdict(collections.Counter)
     for ann in _json(root, vqa_annotation_file("train2014"))["annotations"]:
-        by_color[questions[ann["question_id"]]][ann["multiple_choice_answer"]] += 1
-    total = sum(by_color.values(), collections.Counter())
+        assert ann["answer_type"] == "yes/no" and ann["question_type"] == _VQA_ANSWERS[qtype][0]
+        by_text[questions[ann["question_id"]]][ann["multiple_choice_answer"]] += 1
+    assert {_vqa_kind(t)[0] for t in by_text} == {qtype}
+    total = sum(by_text.values(), collections.Counter())
     assert sum(total.values()) == 260 and 0.42 <= total["yes"] / 260 <= 0.58, total
-    assert len(by_color) == len(PALETTE)
-    assert all(0.25 <= c["yes"] / (c["yes"] + c["no"]) <= 0.75 for c in by_color.values()), by_color
+    assert len(by_text) == num_texts
+    assert all(0.25 <= c["yes"] / (c["yes"] + c["no"]) <= 0.75 for c in by_text.values()), by_text
+
+
+def test_vqa_more_side(tmp_path):
+    # "which side has more objects?" alone: 3..5 objects, never as many left as right of the
+    # vertical midline, and both answers occur (about equally: placement is mirror-symmetric).
+    root = str(tmp_path / "moreside")
+    generate_vqa(root, counts={"train2014": 120, "val2014": 0, "test2015": 0}, seed=1,
+                 question_types=("moreside",))
+    answers = {a["question_id"]: a for a in _json(root, vqa_annotation_file("train2014"))["annotations"]}
+    seen = collections.Counter()
+    for q in _json(root, vqa_question_file("train2014"))["questions"]:
+        assert q["question"] == "which side has more objects?"
+        ann = answers[q["question_id"]]
+        assert (ann["question_type"], ann["answer_type"]) == ("which side has", "other")
+        det = read_detection(os.path.join(root, VQA_DETECTION_DIRS["train2014"], f"{q['image_id']}.json"))
+        boxes = det["boxes"]
+        assert 3 <= len(boxes) <= 5
+        left = int(((boxes[:, 0] + boxes[:, 2]) / 2 < 192 / 2).sum())
+        assert 2 * left != len(boxes), boxes
+        assert ann["multiple_choice_answer"] == ("left" if 2 * left > len(boxes) else "right")
+        seen[ann["multiple_choice_answer"]] += 1
+        seen[len(boxes)] += 1
+    assert sum(seen[s] for s in ("left", "right")) == 120
+    assert 0.3 <= seen["left"] / 120 <= 0.7, seen
+    # The tie-free resampling still leaves 4-object scenes (3-1 splits).
+    assert all(seen[n] for n in (3, 4, 5)), seen
 
 
 def test_vqa_question_types(tmp_path):
@@ -246,9 +358,28 @@ def test_vqa_question_types(tmp_path):
     assert len(questions) == 20 and all(q["question"] == "how many objects are there?" for q in questions)
     assert _json(root, vqa_question_file("test-dev2015"))["questions"] == []
     with pytest.raises(ValueError):
-        generate_vqa(root, counts=VQA_SMALL, question_types=("position",))
+        generate_vqa(root, counts=VQA_SMALL, question_types=("leftmost",))
     with pytest.raises(ValueError):
         generate_vqa(root, counts={"val": 3})
+
+
+def test_vqa_geometry_types(tmp_path):
+    root = str(tmp_path / "geometry")
+    generate_vqa(root, counts={"train2014": 40, "val2014": 10, "test2015": 0}, seed=2,
+                 question_types=VQA_GEOMETRY_TYPES)
+    assert set(VQA_GEOMETRY_TYPES) == {"count", "morethan", "moreside"}
+    kinds = collections.Counter()
+    for subset in ("train2014", "val2014"):
+        questions = _json(root, vqa_question_file(subset))["questions"]
+        per_image = collections.defaultdict(list)
+        for q in questions:
+            per_image[q["image_id"]].append(_vqa_kind(q["question"])[0])
+        # Two questions per image, of distinct kinds.
+        assert all(len(ks) == len(set(ks)) == 2 for ks in per_image.values())
+        kinds.update(k for ks in per_image.values() for k in ks)
+        answer_types = {a["answer_type"] for a in _json(root, vqa_annotation_file(subset))["annotations"]}
+        assert answer_types == {"number", "other", "yes/no"}
+    assert set(kinds) == set(VQA_GEOMETRY_TYPES), kinds
 
 
 def test_ensure_synthetic_vqa(tmp_path):
@@ -356,44 +487,57 @@ def test_refcoco_refs_format(refcoco):
     assert {len(a) for a in by_image.values()} == {1, 2}
 
 
-def test_refcoco_expressions_match_scene(refcoco):
-    inst = _json(refcoco, REFCOCO_INSTANCES)
+def _check_refs(root, uniform_index=True):
+    """Checks every sentence against its scene; returns the sentences per kind and the refs."""
+    inst = _json(root, REFCOCO_INSTANCES)
     by_image = collections.defaultdict(list)
     for ann in inst["annotations"]:
         by_image[ann["image_id"]].append(ann)
-    colors, images = {}, {}
+    colors = {}
     kinds = collections.Counter()
     first, expected_first = 0, 0.0
-    refs = _refs(refcoco)
+    refs = _refs(root)
     for r in refs:
         anns = by_image[r["image_id"]]
         index = [a["id"] for a in anns].index(r["ann_id"])
         first += index == 0
         expected_first += 1 / len(anns)
         sides = [a["bbox"][2] for a in anns]
+        centres = [a["bbox"][0] + a["bbox"][2] / 2 for a in anns]
         for s in r["sentences"]:
-            words = s["tokens"]
-            if {"biggest", "largest"} & set(words):
+            kind = _ref_kind(s["sent"])
+            if kind == "biggest":
                 assert sides[index] == max(sides) and sorted(sides)[-2] + SIZE_GAP <= sides[index]
-                kinds["biggest"] += 1
-            elif {"smallest", "tiniest"} & set(words):
+            elif kind == "smallest":
                 assert sides[index] == min(sides) and sorted(sides)[1] - SIZE_GAP >= sides[index]
-                kinds["smallest"] += 1
+            elif kind == "leftmost":
+                assert centres[index] == min(centres)
+                assert sorted(centres)[1] - _MIN_X_GAP >= centres[index], (centres, index)
+            elif kind == "rightmost":
+                assert centres[index] == max(centres)
+                assert sorted(centres)[-2] + _MIN_X_GAP <= centres[index], (centres, index)
             else:
+                words = s["tokens"]
+                assert len(words) in (2, 3) and words[0] in ("the", *PALETTE), s
                 color, shape = words[-2:]
                 assert SHAPES[r["category_id"] - 1] == shape and color in PALETTE
                 if r["image_id"] not in colors:
-                    img = cv2.imread(os.path.join(refcoco, refcoco_image_file(r["image_id"])))
+                    img = cv2.imread(os.path.join(root, refcoco_image_file(r["image_id"])))
                     colors[r["image_id"]] = [
                         (_color_at(img, a["bbox"][0], a["bbox"][1], a["bbox"][0] + a["bbox"][2],
                                    a["bbox"][1] + a["bbox"][3]), SHAPES[a["category_id"] - 1])
                         for a in anns]
                 combos = colors[r["image_id"]]
                 assert combos[index] == (color, shape) and combos.count((color, shape)) == 1
-                kinds["color"] += 1
-    assert min(kinds.values()) > 50, kinds
+            kinds[kind] += 1
     # The referred object's index among the image's objects is uniform (no ordering shortcut).
-    assert abs(first - expected_first) / len(refs) < 0.06, (first, expected_first)
+    assert not uniform_index or abs(first - expected_first) / len(refs) < 0.06, (first, expected_first)
+    return kinds, refs
+
+
+def test_refcoco_expressions_match_scene(refcoco):
+    kinds, _ = _check_refs(refcoco)
+    assert set(kinds) == set(REFCOCO_EXPRESSION_TYPES) and min(kinds.values()) > 30, kinds
 
 
 def test_refcoco_proposals(refcoco):
@@ -435,7 +579,30 @@ def test_ensure_synthetic_refcoco(tmp_path):
     os.remove(os.path.join(root, REFCOCO_MARKER))
     assert ensure_synthetic_refcoco(root, counts=REF_SMALL)
     with pytest.raises(ValueError):
-        generate_refcoco(root, counts=REF_SMALL, expression_types=("leftmost",))
+        generate_refcoco(root, counts=REF_SMALL, expression_types=("position",))
+
+
+def test_refcoco_geometry_types(tmp_path):
+    root = str(tmp_path / "geometry")
+    generate_refcoco(root, counts={"train": 40, "val": 10, "testA": 5, "testB": 5}, seed=2,
+                     expression_types=REFCOCO_GEOMETRY_TYPES)
+    assert set(REFCOCO_GEOMETRY_TYPES) == {"biggest", "smallest", "leftmost", "rightmost"}
+    # Every sentence is a geometry phrase (no color or shape named) and points at the right object.
+    kinds, refs = _check_refs(root, uniform_index=False)
+    assert set(kinds) == set(REFCOCO_GEOMETRY_TYPES), kinds
+    assert len({r["image_id"] for r in refs}) == 60
+
+
+@pytest.mark.parametrize("etype", ["leftmost", "rightmost"])
+def test_refcoco_single_geometry_type(tmp_path, etype):
+    # One ref per image at most (a single extreme object), and only when the gap allows it.
+    root = str(tmp_path / etype)
+    generate_refcoco(root, counts={"train": 15, "val": 0, "testA": 0, "testB": 0},
+                     expression_types=(etype,))
+    kinds, refs = _check_refs(root, uniform_index=False)
+    assert set(kinds) == {etype}
+    images = [r["image_id"] for r in refs]
+    assert len(images) == len(set(images)) == 15
 
 
 def test_refcoco_single_type(tmp_path):
@@ -478,7 +645,8 @@ def test_cli_formats(tmp_path, capsys):
 
 @pytest.mark.parametrize("argv", [
     ["--format", "vqa", "--train", "3"],
-    ["--format", "vqa", "--question-types", "position"],
+    ["--format", "vqa", "--question-types", "leftmost"],
+    ["--format", "refcoco+", "--question-types", "side"],
     ["--format", "refcoco+", "--counts", "train2014=3"],
     ["--format", "refcoco+", "--counts", "train=x"],
     ["--format", "refcoco+", "--questions-per-image", "1"],

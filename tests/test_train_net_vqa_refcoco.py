@@ -21,8 +21,8 @@ def data_root(tmp_path_factory):
     from vlbert_d2.data.synthetic.coco_tasks import generate_refcoco, generate_vqa
 
     root = tmp_path_factory.mktemp("datasets")
-    generate_vqa(str(root / "synthetic_vqa"), counts={"train2014": 60, "val2014": 6, "test2015": 4}, seed=2)
-    generate_refcoco(str(root / "synthetic_refcoco"), counts={"train": 12, "val": 5, "testA": 2, "testB": 2}, seed=2)
+    generate_vqa(str(root / "synthetic_vqa_geometry"), counts={"train2014": 60, "val2014": 6, "test2015": 4}, seed=2)
+    generate_refcoco(str(root / "synthetic_refcoco_geometry"), counts={"train": 12, "val": 5, "testA": 2, "testB": 2}, seed=2)
     return root
 
 
@@ -43,19 +43,19 @@ def test_vqa_train_then_eval_only(data_root, tmp_path):
     out, ev, metrics = _train_and_eval(TINY_VQA, data_root, tmp_path)
     records = [json.loads(line) for line in (out / "metrics.json").read_text().splitlines()]
     assert any("total_loss" in r for r in records)  # = loss_vqa, the only loss
-    questions = json.loads((data_root / "synthetic_vqa" / "vqa" /
+    questions = json.loads((data_root / "synthetic_vqa_geometry" / "vqa" /
                             "v2_OpenEnded_mscoco_val2014_questions.json").read_text())["questions"]
     assert metrics["num_predictions"] == len(questions)
     assert "yes/no" in metrics and "number" in metrics and "other" in metrics
-    results = json.loads((ev / "inference" / "synthetic_vqa_val2014" /
-                          "vqa_synthetic_vqa_val2014_results.json").read_text())
+    results = json.loads((ev / "inference" / "synthetic_vqa_geometry_val2014" /
+                          "vqa_synthetic_vqa_geometry_val2014_results.json").read_text())
     assert sorted(r["question_id"] for r in results) == sorted(q["question_id"] for q in questions)
-    vocab = (data_root / "synthetic_vqa" / "vqa" / "answers_vqa.txt").read_text().split()
+    vocab = (data_root / "synthetic_vqa_geometry" / "vqa" / "answers_vqa.txt").read_text().split()
     assert all(r["answer"] in vocab for r in results)
     # The reported accuracy is the official one of the written answers.
     from vlbert_d2.evaluation import vqa_metrics
 
-    anns = json.loads((data_root / "synthetic_vqa" / "vqa" / "v2_mscoco_val2014_annotations.json").read_text())
+    anns = json.loads((data_root / "synthetic_vqa_geometry" / "vqa" / "v2_mscoco_val2014_annotations.json").read_text())
     gts = {a["question_id"]: {"answers": [x["answer"] for x in a["answers"]], "answer_type": a["answer_type"]}
            for a in anns["annotations"]}
     assert metrics["accuracy"] == vqa_metrics({r["question_id"]: r["answer"] for r in results}, gts)["overall"]
@@ -67,21 +67,21 @@ def test_vqa_test_dev_submission(data_root, tmp_path):
     """On test-dev (no annotations) --eval-only writes the server's submission file."""
     out, _, _ = _train_and_eval(TINY_VQA, data_root, tmp_path)
     ev = run(["--config-file", TINY_VQA, "--eval-only"] + COMMON +
-             ["MODEL.WEIGHTS", str(out / "model_final.pth"), "DATASETS.TEST", '("synthetic_vqa_test-dev2015",)',
+             ["MODEL.WEIGHTS", str(out / "model_final.pth"), "DATASETS.TEST", '("synthetic_vqa_geometry_test-dev2015",)',
               "OUTPUT_DIR", str(tmp_path / "dev")], data_root)
     assert ev.returncode == 0, ev.stderr[-3000:]
-    sub = json.loads((tmp_path / "dev" / "inference" / "synthetic_vqa_test-dev2015" /
-                      "vqa_synthetic_vqa_test-dev2015_results.json").read_text())
-    dev = json.loads((data_root / "synthetic_vqa" / "vqa" /
+    sub = json.loads((tmp_path / "dev" / "inference" / "synthetic_vqa_geometry_test-dev2015" /
+                      "vqa_synthetic_vqa_geometry_test-dev2015_results.json").read_text())
+    dev = json.loads((data_root / "synthetic_vqa_geometry" / "vqa" /
                       "v2_OpenEnded_mscoco_test-dev2015_questions.json").read_text())["questions"]
     assert len(sub) == len(dev) and set(sub[0]) == {"question_id", "answer"}
 
 
 def test_refcoco_train_then_eval_only(data_root, tmp_path):
     _, ev, metrics = _train_and_eval(TINY_REF, data_root, tmp_path,
-                                     ["DATASETS.TEST", '("synthetic_refcoco+_val_det",)'])
-    results = json.loads((ev / "inference" / "synthetic_refcoco+_val_det" /
-                          "refcoco_synthetic_refcoco+_val_det_results.json").read_text())
+                                     ["DATASETS.TEST", '("synthetic_refcoco+_geometry_val_det",)'])
+    results = json.loads((ev / "inference" / "synthetic_refcoco+_geometry_val_det" /
+                          "refcoco_synthetic_refcoco+_geometry_val_det_results.json").read_text())
     assert len(results) == metrics["num_predictions"] > 0
     assert set(results[0]) == {"ref_id", "sent_id", "box"} and len(results[0]["box"]) == 4
     # The reported accuracy is that of the written boxes against the referred objects.
@@ -93,7 +93,7 @@ def test_refcoco_train_then_eval_only(data_root, tmp_path):
     name = "pytest_refcoco_val_det"
     if name in DatasetCatalog.list():
         DatasetCatalog.remove(name)
-    register_refcoco(name, str(data_root / "synthetic_refcoco"), "val", detected=True)
+    register_refcoco(name, str(data_root / "synthetic_refcoco_geometry"), "val", detected=True)
     gt = {d["sent_id"]: d["gt_box"] for d in DatasetCatalog.get(name)}
     hits = [float(inclusive_iou(torch.tensor([[x, y, x + w, y + h]]), torch.tensor([gt[r["sent_id"]]]))[0, 0]) >= 0.5
             for r in results for x, y, w, h in [r["box"]]]
@@ -173,3 +173,13 @@ def test_vqa_transform_starts_from_bert_mlm_head(tmp_path):
     # No MLM head in the checkpoint (MiniLM ships a plain BertModel): random, and said so.
     plain = VQAHead(hidden_size=8, num_answers=3, bert_name="")
     assert not torch.equal(plain.transform[0].weight, t.dense.weight)
+
+
+@pytest.mark.parametrize("config, expected", [
+    ("VLBERT-Base-VQA.yaml", os.path.join("coco", "vqa", "v2_OpenEnded_mscoco_train2014_questions.json")),
+    ("VLBERT-Base-RefCOCO+.yaml", os.path.join("coco", "refcoco+", "refs(unc).p")),
+])
+def test_missing_data_names_the_files(tmp_path, config, expected):
+    res = run(["--config-file", os.path.join(REPO, "configs", config)], tmp_path)
+    assert res.returncode != 0
+    assert os.path.join(str(tmp_path), expected) in res.stderr and "datasets/README.md" in res.stderr

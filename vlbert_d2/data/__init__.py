@@ -34,7 +34,9 @@ _VQA_DETECTIONS = {"trainval": "vgbua_res101_precomputed/trainval2014_resnet101_
                    "test": "vgbua_res101_precomputed/test2015_resnet101_faster_rcnn_genome"}
 _VQA_DATASETS = [
     (f"{prefix}_{subset}", folder, subset, images, _VQA_DETECTIONS[dets])
-    for prefix, folder in (("vqa", "coco"), ("synthetic_vqa", "synthetic_vqa"))
+    for prefix, folder in (("vqa", "coco"), ("synthetic_vqa", "synthetic_vqa"),
+                           # The tiny VQA config's data: geometry questions only (README).
+                           ("synthetic_vqa_geometry", "synthetic_vqa_geometry"))
     for subset, images, dets in (("train2014", "train2014", "trainval"), ("val2014", "val2014", "trainval"),
                                  ("minival2014", "val2014", "trainval"),
                                  ("valminusminival2014", "val2014", "trainval"),
@@ -43,7 +45,8 @@ _VQA_DATASETS = [
 # RefCOCO+ (UNC splits): (name, folder, split, detected regions?). "_det": the MAttNet proposals.
 _REFCOCO_DATASETS = [
     (f"{prefix}_{split}{'_det' if det else ''}", folder, split, det)
-    for prefix, folder in (("refcoco+", "coco"), ("synthetic_refcoco+", "synthetic_refcoco"))
+    for prefix, folder in (("refcoco+", "coco"), ("synthetic_refcoco+", "synthetic_refcoco"),
+                           ("synthetic_refcoco+_geometry", "synthetic_refcoco_geometry"))
     for split in ("train", "val", "testA", "testB") for det in (False, True)
 ]
 

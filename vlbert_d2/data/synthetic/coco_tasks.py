@@ -36,7 +36,8 @@ import cv2
 import numpy as np
 
 from ..detections import encode_detection, write_detection
-from . import MAX_SIZE, MIN_SIZE, PALETTE, SHAPES, _polygon, _render, _sample_scene, _write_atomic
+from . import (MAX_SIZE, MIN_SIZE, PALETTE, QUADRANTS, SHAPES, _polygon, _quadrant, _render, _sample_scene,
+               _write_atomic)
 
 # --------------------------------------------------------------------------------------------
 # Shared helpers
@@ -122,7 +123,11 @@ def _start(root, marker):
 # VQA v2
 
 VQA_DEFAULT_COUNTS = {"train2014": 2000, "val2014": 300, "test2015": 100}
-VQA_QUESTION_TYPES = ("color", "shape", "count", "yesno")
+VQA_QUESTION_TYPES = ("color", "shape", "count", "yesno", "position", "side", "morethan", "moreside")
+# The types a tiny model trained from scratch on a CPU learns in minutes: they need the regions'
+# geometry (not the CNN's colour and shape features) summed over all regions (not read from one
+# region picked by another property, as "position" and "side" do). The tiny VQA config's data.
+VQA_GEOMETRY_TYPES = ("count", "morethan", "moreside")
 VQA_MARKER = ".synthetic_vqa_complete"
 VQA_LABELLED = ("train2014", "val2014")
 VQA_TEST_DEV = "test-dev2015"
@@ -163,7 +168,7 @@ def _biggest(objects):
     return max(range(len(objects)), key=lambda i: objects[i]["size"])
 
 
-def _vqa_question(rng, qtype, objects):
+def _vqa_question(rng, qtype, objects, width, height):
     """Returns (question, question_type, answer_type, canonical answer, same-type answers)."""
     big = objects[_biggest(objects)]
     if qtype == "color":
@@ -180,6 +185,26 @@ def _vqa_question(rng, qtype, objects):
         others = [c for c in PALETTE if c != big["color"]]
         asked = big["color"] if yes else others[rng.integers(len(others))]
         return f"is the biggest object {asked}?", "is the", "yes/no", "yes" if yes else "no", ["yes", "no"]
+    if qtype == "position":
+        quadrant = " ".join(QUADRANTS[_quadrant(big["box"], width, height)])
+        return ("where is the biggest object?", "where is", "other", quadrant,
+                [" ".join(q) for q in QUADRANTS])
+    if qtype == "side":
+        # The side asked is a fair coin, independent of the scene: P(yes) = 1/2 for both texts.
+        asked = "left" if rng.random() < 0.5 else "right"
+        actual = "left" if (big["box"][0] + big["box"][2]) / 2 < width / 2 else "right"
+        return (f"is the biggest object on the {asked}?", "is the", "yes/no",
+                "yes" if asked == actual else "no", ["yes", "no"])
+    if qtype == "morethan":
+        # Scenes of this type have 2 to 5 objects, uniformly: P(yes) = 1/2.
+        return ("are there more than 3 objects?", "are there", "yes/no",
+                "yes" if len(objects) > 3 else "no", ["yes", "no"])
+    if qtype == "moreside":
+        left = _left_count(objects, width)
+        if 2 * left == len(objects):
+            raise ValueError("a 'moreside' scene needs more objects on one side")
+        return ("which side has more objects?", "which side has", "other",
+                "left" if 2 * left > len(objects) else "right", ["left", "right"])
     raise ValueError(f"unknown question type {qtype!r}")
 
 
@@ -235,6 +260,13 @@ def _class_scores(rng, objects):
     return scores
 
 
+_AGGREGATE_TYPES = ("count", "morethan", "moreside")
+
+
+def _left_count(objects, width):
+    return sum((o["box"][0] + o["box"][2]) / 2 < width / 2 for o in objects)
+
+
 def _generate_vqa_subset(root, subset, count, seed, image_size, question_types, per_image):
     width, height = image_size
     rng = _subset_rng("vqa", seed, subset)
@@ -244,10 +276,13 @@ def _generate_vqa_subset(root, subset, count, seed, image_size, question_types, 
     for n in range(count):
         image_id = _VQA_ID_BASE[subset] + n + 1
         types = [question_types[j] for j in rng.permutation(len(question_types))[:per_image]]
-        num = int(rng.integers(2, 6) if "count" in types else rng.integers(3, 6))
-        # Any other type asks about "the biggest object", which must be obvious at a glance.
-        distinct = any(t != "count" for t in types)
+        # Counting questions need 2 to 5 objects, uniformly (then "more than 3" is a fair coin).
+        num = int(rng.integers(2, 6) if {"count", "morethan"} & set(types) else rng.integers(3, 6))
+        # The non-aggregate types ask about "the biggest object", which must be obvious at a glance.
+        distinct = any(t not in _AGGREGATE_TYPES for t in types)
         objects = _scene(rng, num, width, height, distinct)
+        while "moreside" in types and 2 * _left_count(objects, width) == len(objects):
+            objects = _scene(rng, num, width, height, distinct)  # no tie between the sides
         img, _ = _render(rng, objects, width, height)
         _write_jpeg(os.path.join(root, vqa_image_file(subset, image_id)), img)
         write_detection(os.path.join(det_dir, f"{image_id}.json"),
@@ -255,7 +290,7 @@ def _generate_vqa_subset(root, subset, count, seed, image_size, question_types, 
                                          classes=_class_scores(rng, objects)))
         for k, qtype in enumerate(types):
             question_id = image_id * 1000 + k
-            text, question_type, answer_type, answer, pool = _vqa_question(rng, qtype, objects)
+            text, question_type, answer_type, answer, pool = _vqa_question(rng, qtype, objects, width, height)
             questions.append({"image_id": image_id, "question": text, "question_id": question_id})
             # Drawn for the test subsets too, so that all subsets consume the stream alike.
             answers = _human_answers(rng, answer_type, answer, pool)
@@ -281,7 +316,9 @@ def generate_vqa(root, counts=None, seed=0, image_size=(192, 128),
             and 200000 for the three subsets.
         seed: Same seed gives byte-identical files; each subset has its own stream.
         image_size: ``(width, height)`` in pixels.
-        question_types: Subset of ``("color", "shape", "count", "yesno")``.
+        question_types: Subset of :data:`VQA_QUESTION_TYPES` (``color``, ``shape``,
+            ``count``, ``yesno``, ``position``, ``side``, ``morethan``, ``moreside``);
+            :data:`VQA_GEOMETRY_TYPES` are those a tiny model learns from scratch on a CPU.
         questions_per_image: Questions per image, of distinct types drawn uniformly
             (fewer when there are fewer types). ``question_id = image_id * 1000 + k``.
 
@@ -344,7 +381,9 @@ def ensure_synthetic_vqa(root, **kwargs):
 # RefCOCO+
 
 REFCOCO_DEFAULT_COUNTS = {"train": 1500, "val": 200, "testA": 100, "testB": 100}
-REFCOCO_EXPRESSION_TYPES = ("biggest", "smallest", "color")
+REFCOCO_EXPRESSION_TYPES = ("biggest", "smallest", "color", "leftmost", "rightmost")
+# As VQA_GEOMETRY_TYPES: the tiny RefCOCO+ config's data.
+REFCOCO_GEOMETRY_TYPES = ("biggest", "smallest", "leftmost", "rightmost")
 REFCOCO_MARKER = ".synthetic_refcoco+_complete"
 REFCOCO_IMAGES = "train2014"
 REFCOCO_INSTANCES = os.path.join("refcoco+", "instances.json")
@@ -357,7 +396,12 @@ _PHRASES = {
     "biggest": ("the biggest one", "the largest one", "biggest object"),
     "smallest": ("the smallest one", "the tiniest one", "smallest object"),
     "color": ("the {color} {shape}", "{color} {shape}"),
+    # (RefCOCO+ itself forbids location words; the synthetic data uses them for geometry.)
+    "leftmost": ("the left-most one", "the one furthest to the left"),
+    "rightmost": ("the right-most one", "the one furthest to the right"),
 }
+# "left-most" must be obvious at a glance: its centre is this many pixels left of the next one.
+_MIN_X_GAP = 8
 # Worst-case IoU of a box whose every edge moves by up to this fraction of its side is ~0.77.
 _JITTER = 0.06
 _DISTRACTOR_MAX_IOU = 0.3
@@ -397,6 +441,13 @@ def _choose_refs(rng, objects, expression_types, num_refs):
             target = _biggest(objects)
         elif etype == "smallest":
             target = min(range(len(objects)), key=lambda i: objects[i]["size"])
+        elif etype in ("leftmost", "rightmost"):
+            sign = 1 if etype == "leftmost" else -1
+            order_x = sorted(range(len(objects)), key=lambda i: sign * (objects[i]["box"][0] + objects[i]["box"][2]))
+            first, second = (objects[i]["box"][0] + objects[i]["box"][2] for i in order_x[:2])
+            if abs(first - second) < 2 * _MIN_X_GAP:  # centres (doubled) too close to tell
+                continue
+            target = order_x[0]
         else:
             free = [i for i in unique if i not in used]
             if not free:
@@ -510,9 +561,10 @@ def generate_refcoco(root, counts=None, seed=0, image_size=(192, 128),
             ``ref_id * 10 + k``.
         seed: Same seed gives byte-identical files; each split has its own stream.
         image_size: ``(width, height)`` in pixels.
-        expression_types: Subset of ``("biggest", "smallest", "color")``: "the biggest one",
+        expression_types: Subset of :data:`REFCOCO_EXPRESSION_TYPES`: "the biggest one",
             "the smallest one" (sizes SIZE_GAP apart), "the {color} {shape}" (a combination
-            unique in the image).
+            unique in the image), "the left-most one" / "the right-most one" (centres
+            _MIN_X_GAP apart); :data:`REFCOCO_GEOMETRY_TYPES` leaves out the colour one.
 
     Returns:
         ``{split: num_images}``. Each image has 1 or 2 refs to different objects, each with
