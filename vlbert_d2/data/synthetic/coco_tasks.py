@@ -354,6 +354,13 @@ def generate_vqa(root, counts=None, seed=0, image_size=(192, 128),
     return counts
 
 
+def _ensure(is_complete, generate, root, kwargs):
+    if is_complete(root):
+        return False
+    generate(root, **kwargs)
+    return True
+
+
 def is_complete_vqa(root):
     """True if ``root`` holds every VQA questions/annotations file and the finished marker."""
     needed = [vqa_question_file(s) for s in (*VQA_DEFAULT_COUNTS, VQA_TEST_DEV)]
@@ -362,19 +369,13 @@ def is_complete_vqa(root):
 
 
 def ensure_synthetic_vqa(root, **kwargs):
-    """Generates the VQA dataset unless a complete one already exists at ``root``.
-
-    Args:
-        root: Dataset folder.
-        **kwargs: Forwarded to :func:`generate_vqa`; not compared with an existing dataset.
+    """Generates the VQA dataset unless a complete one already exists at ``root``
+    (``kwargs`` go to :func:`generate_vqa`; an existing dataset is not compared with them).
 
     Returns:
         True if it generated, False if the dataset was already complete.
     """
-    if is_complete_vqa(root):
-        return False
-    generate_vqa(root, **kwargs)
-    return True
+    return _ensure(is_complete_vqa, generate_vqa, root, kwargs)
 
 
 # --------------------------------------------------------------------------------------------
@@ -599,19 +600,13 @@ def is_complete_refcoco(root):
 
 
 def ensure_synthetic_refcoco(root, **kwargs):
-    """Generates the RefCOCO+ dataset unless a complete one already exists at ``root``.
-
-    Args:
-        root: Dataset folder.
-        **kwargs: Forwarded to :func:`generate_refcoco`; not compared with an existing dataset.
+    """Generates the RefCOCO+ dataset unless a complete one already exists at ``root``
+    (``kwargs`` go to :func:`generate_refcoco`; an existing dataset is not compared with them).
 
     Returns:
         True if it generated, False if the dataset was already complete.
     """
-    if is_complete_refcoco(root):
-        return False
-    generate_refcoco(root, **kwargs)
-    return True
+    return _ensure(is_complete_refcoco, generate_refcoco, root, kwargs)
 
 
 # The formats besides VCR that the CLI offers: generator, ensure function, default counts,
