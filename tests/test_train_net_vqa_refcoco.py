@@ -183,3 +183,32 @@ def test_missing_data_names_the_files(tmp_path, config, expected):
     res = run(["--config-file", os.path.join(REPO, "configs", config)], tmp_path)
     assert res.returncode != 0
     assert os.path.join(str(tmp_path), expected) in res.stderr and "datasets/README.md" in res.stderr
+
+
+def test_vqa_from_detection_file_features(data_root, tmp_path):
+    """Precomputed-feature mode from the bottom-up-attention files: with base64 `features` in the
+    detection JSON (256-d: the tiny trunk's width), training and --eval-only never read an image."""
+    import shutil
+
+    import numpy as np
+
+    from vlbert_d2.data.detections import encode_detection, read_detection, write_detection
+
+    root = tmp_path / "datasets"
+    shutil.copytree(data_root / "synthetic_vqa_geometry", root / "synthetic_vqa_geometry",
+                    ignore=shutil.ignore_patterns("*.jpg"))  # no images at all
+    rng = np.random.default_rng(0)
+    for path in (root / "synthetic_vqa_geometry").glob("vgbua_res101_precomputed/*/*.json"):
+        det = read_detection(str(path))
+        feats = rng.normal(size=(len(det["boxes"]), 256)).astype(np.float32)
+        write_detection(str(path), encode_detection(det["image_id"], det["image_w"], det["image_h"],
+                                                    det["boxes"], features=feats))
+    extra = ["MODEL.VLBERT.DETECTION_FEATURES", "True"]
+    out = tmp_path / "out"
+    train = run(["--config-file", TINY_VQA] + COMMON + extra +
+                ["SOLVER.MAX_ITER", "2", "TEST.EVAL_PERIOD", "2", "OUTPUT_DIR", str(out)], root)
+    assert train.returncode == 0, train.stderr[-3000:]
+    ev = run(["--config-file", TINY_VQA, "--eval-only"] + COMMON + extra +
+             ["MODEL.WEIGHTS", str(out / "model_final.pth"), "OUTPUT_DIR", str(tmp_path / "eval")], root)
+    assert ev.returncode == 0, ev.stderr[-3000:]
+    assert copypaste_metrics(ev.stdout) == copypaste_metrics(train.stdout)

@@ -1,5 +1,4 @@
 """RefCOCO+ evaluation: accuracy at IoU >= 0.5 and the prediction file ``[{ref_id, box}]``."""
-import itertools
 import json
 import logging
 import os
@@ -7,10 +6,10 @@ import os
 import torch
 
 from detectron2.evaluation import DatasetEvaluator
-from detectron2.utils import comm
 from detectron2.utils.file_io import PathManager
 
 from ..utils.boxes import inclusive_iou
+from .common import gather_on_main
 
 logger = logging.getLogger(__name__)
 CORRECT_IOU = 0.5
@@ -39,12 +38,9 @@ class RefCOCOEvaluator(DatasetEvaluator):
                                       "box": [x1, y1, x2 - x1, y2 - y1], "iou": iou})
 
     def evaluate(self):
-        predictions = self._predictions
-        if self._distributed:
-            comm.synchronize()
-            predictions = list(itertools.chain(*comm.gather(predictions, dst=0)))
-            if not comm.is_main_process():
-                return {}
+        predictions = gather_on_main(self._predictions, self._distributed)
+        if predictions is None:
+            return {}
         if self._output_dir:
             PathManager.mkdirs(self._output_dir)
             path = os.path.join(self._output_dir, f"refcoco_{self._dataset_name}_results.json")

@@ -1,6 +1,5 @@
 """VCR evaluation: Q->A, QA->R and Q->AR accuracy, prediction files and the leaderboard CSV."""
 import csv
-import itertools
 import json
 import logging
 import os
@@ -9,10 +8,10 @@ from collections import OrderedDict
 import numpy as np
 
 from detectron2.evaluation import DatasetEvaluator
-from detectron2.utils import comm
 from detectron2.utils.file_io import PathManager
 
 from ..data.datasets.vcr import NUM_CHOICES
+from .common import gather_on_main
 
 logger = logging.getLogger(__name__)
 
@@ -46,12 +45,9 @@ class VCREvaluator(DatasetEvaluator):
             })
 
     def evaluate(self):
-        predictions = self._predictions
-        if self._distributed:
-            comm.synchronize()
-            predictions = list(itertools.chain(*comm.gather(predictions, dst=0)))
-            if not comm.is_main_process():
-                return {}
+        predictions = gather_on_main(self._predictions, self._distributed)
+        if predictions is None:
+            return {}
         by_id = OrderedDict((p["annot_id"], {"scores": p["scores"], "label": p["label"]})
                             for p in predictions)
         if self._output_dir:

@@ -1,15 +1,14 @@
 """VQA v2 evaluation: the official accuracy (overall and per answer type) and the submission file
 of the evaluation server (test-dev / test-std)."""
-import itertools
 import json
 import logging
 import os
 
 from detectron2.data import DatasetCatalog
 from detectron2.evaluation import DatasetEvaluator
-from detectron2.utils import comm
 from detectron2.utils.file_io import PathManager
 
+from .common import gather_on_main
 from .vqa_eval import vqa_metrics
 
 logger = logging.getLogger(__name__)
@@ -53,13 +52,10 @@ class VQAEvaluator(DatasetEvaluator):
             self._predictions[int(x["question_id"])] = self._vocab[int(scores.argmax())]
 
     def evaluate(self):
-        predictions = self._predictions
-        if self._distributed:
-            comm.synchronize()
-            parts = comm.gather(predictions, dst=0)
-            if not comm.is_main_process():
-                return {}
-            predictions = dict(itertools.chain(*(p.items() for p in parts)))
+        pairs = gather_on_main(self._predictions.items(), self._distributed)
+        if pairs is None:
+            return {}
+        predictions = dict(pairs)
         if self._output_dir:
             path = os.path.join(self._output_dir, f"vqa_{self._dataset_name}_results.json")
             n = write_vqa_submission(predictions, path)
