@@ -17,8 +17,9 @@ CORRECT_IOU = 0.5
 
 class RefCOCOEvaluator(DatasetEvaluator):
     """The predicted box is the best-scoring candidate region; it is right when its IoU with the
-    referred object's box is at least 0.5 (pixel-inclusive sizes, as the official evaluation). Writes ``{output_dir}/refcoco_{dataset}_results.json``:
-    ``[{"ref_id", "sent_id", "box": [x, y, w, h]}]`` (pixels of the original image)."""
+    referred object's box is at least 0.5 (pixel-inclusive sizes, as the official evaluation).
+    Writes ``{output_dir}/refcoco_{dataset}_results.json``: ``[{"ref_id", "sent_id", "box":
+    [x, y, w, h]}]`` (pixels of the original image)."""
 
     def __init__(self, dataset_name, output_dir=None, distributed=True):
         self._dataset_name = dataset_name
