@@ -1,0 +1,204 @@
+#!/usr/bin/env python
+"""Run a trained VL-BERT on your own image(s) and draw the result and its attention.
+
+    # VQA: the answer and its top-k scores; regions from a detection file (bottom-up format)
+    python tools/demo.py --config-file configs/quick_schedules/VLBERT-Tiny-SyntheticVQA.yaml \\
+        --weights output/tiny_synthetic_vqa/model_final.pth --input image.jpg \\
+        --question "how many objects are there?" --boxes image_detections.json --output demo_out
+    # RefCOCO+: the referred region
+    python tools/demo.py --config-file "configs/quick_schedules/VLBERT-Tiny-SyntheticRefCOCO+.yaml" \\
+        --weights "output/tiny_synthetic_refcoco+/model_final.pth" --input image.jpg \\
+        --expression "the biggest one" --boxes boxes.json --output demo_out
+
+--boxes is a detection JSON of the bottom-up-attention format (as the VQA loader reads) or a JSON
+list of [x1, y1, x2, y2] in the image's pixels; with a folder of images, a folder holding
+``<image stem>.json`` per image. Writes per image ``<stem>_answer.png`` and, for the chosen
+layers, ``<stem>_attention_L<l>.png`` (lines from the words to the regions, as the paper's
+Figure 3, weights rescaled per layer) and ``<stem>_heatmap_L<l>.png`` (text-to-region attention
+per head).
+"""
+import argparse
+import json
+import os
+import sys
+
+import numpy as np
+import torch
+
+from detectron2.config import get_cfg
+from detectron2.data import detection_utils as utils
+from detectron2.modeling import build_model
+
+from vlbert_d2 import add_vlbert_config
+from vlbert_d2.checkpoint import VLBertCheckpointer
+from vlbert_d2.data import build_vlbert_mapper
+from vlbert_d2.data.common import resize_image_and_boxes
+from vlbert_d2.data.detections import DetectionFormatError, parse_detection
+from vlbert_d2.utils.visualization import (draw_attention_heatmap, draw_attention_lines,
+                                           draw_prediction, text_to_region_attention)
+
+IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp")
+
+
+def setup_cfg(args):
+    cfg = add_vlbert_config(get_cfg())
+    cfg.merge_from_file(args.config_file)
+    cfg.merge_from_list(args.opts)
+    cfg.MODEL.WEIGHTS = args.weights
+    cfg.MODEL.DEVICE = args.device
+    vocab = os.path.join(os.path.dirname(args.weights), "answers_vqa.txt")
+    if cfg.MODEL.VLBERT.HEAD == "VQAHead" and not cfg.MODEL.VLBERT.VQA.ANSWER_VOCAB and os.path.isfile(vocab):
+        cfg.MODEL.VLBERT.VQA.ANSWER_VOCAB = vocab  # the training run's copy: no dataset needed
+    cfg.freeze()
+    return cfg
+
+
+def read_boxes(path, width, height):
+    """(N, 4) float32 boxes from a detection JSON or a list of [x1, y1, x2, y2]."""
+    try:
+        with open(path) as f:
+            data = json.load(f)
+    except FileNotFoundError:
+        raise SystemExit(f"--boxes: file not found: {path}") from None
+    except json.JSONDecodeError as e:
+        raise SystemExit(f"--boxes: {path}: not valid JSON ({e})") from None
+    if isinstance(data, dict):
+        try:
+            det = parse_detection(data, path)
+        except DetectionFormatError as e:
+            raise SystemExit(f"--boxes: {e}") from None
+        if (det["image_w"], det["image_h"]) != (width, height):
+            raise SystemExit(f"--boxes: {path} is for a {det['image_w']}x{det['image_h']} image, "
+                             f"the input is {width}x{height}")
+        return det["boxes"]
+    boxes = np.asarray(data, dtype=np.float32)
+    if boxes.ndim != 2 or boxes.shape[1] != 4 or len(boxes) == 0:
+        raise SystemExit(f"--boxes: {path}: expected a non-empty list of [x1, y1, x2, y2]")
+    return boxes
+
+
+def build_input(cfg, mapper, image_bgr, boxes, text):
+    """The model input for one image: RoI 0 is the whole image, then the given boxes."""
+    h, w = image_bgr.shape[:2]
+    all_boxes = np.concatenate([[[0.0, 0.0, w, h]], boxes]).astype(np.float32)
+    image, rois, _, _ = resize_image_and_boxes(mapper.augmentations, image_bgr, all_boxes)
+    x = {"image": image, "boxes": rois, "height": h, "width": w}
+    x.update(mapper.encode_text(text))
+    return x
+
+
+def run_one(model, cfg, mapper, path, boxes_path, text, args):
+    image_bgr = utils.read_image(path, format=cfg.INPUT.FORMAT)
+    h, w = image_bgr.shape[:2]
+    boxes = read_boxes(boxes_path, w, h)
+    x = build_input(cfg, mapper, image_bgr, boxes, text)
+    with torch.no_grad():
+        outputs, batch = model.encode([x], output_attentions=True)
+        result = model.head(outputs, batch)[0]
+    image_rgb = image_bgr[:, :, ::-1] if cfg.INPUT.FORMAT == "BGR" else image_bgr
+    # Small images are drawn enlarged (pixel-exact), so that the text stays readable.
+    factor = draw_scale(h, w, args.draw_size)
+    if factor > 1:
+        image_rgb = np.repeat(np.repeat(image_rgb, factor, axis=0), factor, axis=1)
+    shown = boxes * factor
+    stem = os.path.splitext(os.path.basename(path))[0]
+    os.makedirs(args.output, exist_ok=True)
+    written = []
+
+    head = cfg.MODEL.VLBERT.HEAD
+    if head == "VQAHead":
+        scores = result["scores"].clone()
+        vocab = mapper.answer_vocab
+        scores[[i for i, a in enumerate(vocab) if a == "<unk>"]] = -1
+        top = torch.topk(scores, min(args.top_k, len(vocab)))
+        lines = [f"Q: {text}", f"A: {vocab[int(top.indices[0])]}"] + [
+            f"  {vocab[int(i)]}: {float(s):.2f}" for s, i in zip(top.values, top.indices)]
+        picture = draw_prediction(image_rgb, shown, lines)
+        summary = {"answer": vocab[int(top.indices[0])],
+                   "top_k": [[vocab[int(i)], float(s)] for s, i in zip(top.values, top.indices)]}
+    elif head == "RefCOCOHead":
+        index = result["index"]  # over [whole image, boxes...]
+        region = None if index == 0 else index - 1
+        best = "the whole image" if region is None else f"region {region}"
+        picture = draw_prediction(image_rgb, shown, [f"\"{text}\"", f"-> {best}"], chosen=region,
+                                  scores=result["scores"][1:].tolist())
+        summary = {"index": index, "box": (boxes[region].tolist() if region is not None else [0, 0, w, h])}
+    else:
+        raise SystemExit(f"tools/demo.py draws VQAHead and RefCOCOHead models; {head} is not supported yet")
+    written.append(_save(picture, os.path.join(args.output, f"{stem}_answer.png")))
+
+    text_len = int(x["text_mask"][0].sum())
+    tokens = mapper.tokenizer.convert_ids_to_tokens(x["input_ids"][0, :text_len].tolist())
+    num_layers = len(outputs.attentions)
+    for layer in args.layers or [num_layers - 1]:
+        if not -num_layers <= layer < num_layers:
+            raise SystemExit(f"--layers: the model has {num_layers} layers, got {layer}")
+        weights = text_to_region_attention(outputs.attentions, text_len, len(boxes) + 1, layer, args.heads)
+        # Region 0 (the whole image) has no box to draw a line to: lines go to the given boxes.
+        lines_pic = draw_attention_lines(image_rgb, shown, tokens, weights[:, 1:].mean(-1),
+                                         title=f"layer {layer % num_layers}")
+        written.append(_save(lines_pic, os.path.join(args.output, f"{stem}_attention_L{layer % num_layers}.png")))
+        heat = draw_attention_heatmap(tokens, ["image"] + [f"r{i}" for i in range(len(boxes))], weights,
+                                      title=f"text-to-region attention, layer {layer % num_layers}")
+        written.append(_save(heat, os.path.join(args.output, f"{stem}_heatmap_L{layer % num_layers}.png")))
+    return summary, written
+
+
+def draw_scale(height, width, draw_size):
+    """Integer enlargement making the longer side at least ``draw_size`` pixels (1: none)."""
+    return max(1, int(np.ceil(draw_size / max(height, width))))
+
+
+def _save(rgb, path):
+    import cv2
+
+    cv2.imwrite(path, np.ascontiguousarray(rgb[:, :, ::-1]))
+    return path
+
+
+def main(argv=None):
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--config-file", required=True)
+    p.add_argument("--weights", required=True, help="a checkpoint (model_final.pth)")
+    p.add_argument("--input", required=True, help="an image or a folder of images")
+    text = p.add_mutually_exclusive_group(required=True)
+    text.add_argument("--question", help="VQA question")
+    text.add_argument("--expression", help="RefCOCO+ referring expression")
+    p.add_argument("--boxes", required=True,
+                   help="regions: a detection JSON or a list of [x1, y1, x2, y2] (a folder of "
+                        "<stem>.json with a folder of images). The bottom-up detector is not built yet.")
+    p.add_argument("--output", default="demo_output", help="folder for the PNGs (default: %(default)s)")
+    p.add_argument("--top-k", type=int, default=5, help="VQA answers listed (default: %(default)s)")
+    p.add_argument("--layers", type=int, nargs="*", help="layers of the attention view (default: the last)")
+    p.add_argument("--heads", type=int, nargs="*", help="heads averaged in the line view (default: all)")
+    p.add_argument("--draw-size", type=int, default=480,
+                   help="draw images whose longer side is shorter enlarged to at least this (default: %(default)s)")
+    p.add_argument("--device", default="cpu")
+    p.add_argument("opts", nargs=argparse.REMAINDER, help="config overrides (KEY VALUE ...)")
+    args = p.parse_args(argv)
+
+    cfg = setup_cfg(args)
+    model = build_model(cfg)
+    VLBertCheckpointer(model).load(cfg.MODEL.WEIGHTS)
+    model.eval()
+    mapper = build_vlbert_mapper(cfg, is_train=False)
+    text_in = args.question if args.question is not None else args.expression
+    if os.path.isdir(args.input):
+        images = sorted(os.path.join(args.input, f) for f in os.listdir(args.input)
+                        if f.lower().endswith(IMAGE_EXTENSIONS))
+        if not images:
+            raise SystemExit(f"--input: no image in {args.input}")
+        if not os.path.isdir(args.boxes):
+            raise SystemExit("--boxes: with a folder of images, give a folder of <stem>.json")
+        pairs = [(im, os.path.join(args.boxes, os.path.splitext(os.path.basename(im))[0] + ".json")) for im in images]
+    else:
+        pairs = [(args.input, args.boxes)]
+    for image, boxes in pairs:
+        if not os.path.isfile(image):
+            raise SystemExit(f"--input: image not found: {image}")
+        summary, written = run_one(model, cfg, mapper, image, boxes, text_in, args)
+        print(json.dumps({"image": image, **summary, "written": written}))
+
+
+if __name__ == "__main__":
+    sys.exit(main())

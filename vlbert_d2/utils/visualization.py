@@ -1,0 +1,126 @@
+"""Pictures of what the model answered and where it looked, drawn with detectron2's Visualizer
+(and matplotlib for the attention heatmaps)."""
+import numpy as np
+
+from detectron2.utils.visualizer import Visualizer
+
+_REGION_COLOR = (0.55, 0.55, 0.55)
+_CHOSEN_COLOR = (0.1, 0.75, 0.2)
+
+
+def draw_prediction(image_rgb, boxes, lines, chosen=None, scores=None):
+    """The image with its regions, the chosen one highlighted, and text lines in the corner.
+
+    Args:
+        image_rgb (ndarray): (H, W, 3) uint8 RGB.
+        boxes (ndarray): (N, 4) regions x1 y1 x2 y2 in the image's pixels (the whole image
+            excluded).
+        lines (list[str]): text to write (answer, top-k scores, the question).
+        chosen (int or None): index in ``boxes`` of the region to highlight (RefCOCO+).
+        scores (list[float] or None): a score to print on each region.
+
+    Returns:
+        ndarray (H, W, 3) uint8 RGB.
+    """
+    vis = Visualizer(image_rgb)
+    for i, box in enumerate(np.asarray(boxes, dtype=np.float32).reshape(-1, 4)):
+        color = _CHOSEN_COLOR if i == chosen else _REGION_COLOR
+        vis.draw_box(box, alpha=1.0 if i == chosen else 0.6, edge_color=color,
+                     line_style="-" if i == chosen else "--")
+        if scores is not None:
+            vis.draw_text(f"{scores[i]:.2f}", (box[0] + 2, box[1] + 2), color=color,
+                          horizontal_alignment="left", font_size=max(vis._default_font_size * 0.6, 6))
+    h = image_rgb.shape[0]
+    for k, line in enumerate(lines):
+        vis.draw_text(line, (4, 4 + k * max(h * 0.06, 8)), color="w", horizontal_alignment="left",
+                      font_size=max(vis._default_font_size * 0.7, 7))
+    return vis.get_output().get_image()
+
+
+def text_to_region_attention(attentions, text_len, num_regions, layer, heads=None):
+    """Attention of every text token to every region in one layer.
+
+    Args:
+        attentions (tuple[Tensor]): per layer (1, A, T, T), the sequence laid out as
+            ``[text (L slots) | RoIs | END]`` (see :class:`VLBertOutput`).
+        text_len (int): real text tokens (a prefix of the L slots).
+        num_regions (int): RoIs (the whole image first).
+        layer (int): which layer.
+        heads (list[int] or None): heads to average (None: all).
+
+    Returns:
+        ndarray (text_len, num_regions, A') for the chosen heads.
+    """
+    att = attentions[layer][0]  # (A, T, T)
+    if heads is not None:
+        att = att[list(heads)]
+    slots = att.shape[-1] - num_regions - 1  # L (padded text slots)
+    out = att[:, :text_len, slots:slots + num_regions]
+    return out.permute(1, 2, 0).float().cpu().numpy()
+
+
+def draw_attention_lines(image_rgb, boxes, tokens, weights, title=""):
+    """Paper Figure 3: lines from each text token (listed along the top) to each region's
+    centre, whose opacity is the attention weight rescaled by the layer's maximum.
+
+    Args:
+        boxes (ndarray): (N, 4) regions (the whole image excluded).
+        tokens (list[str]): the text tokens.
+        weights (ndarray): (len(tokens), N) attention of the tokens to the regions.
+    """
+    h, w = image_rgb.shape[:2]
+    band = max(int(h * 0.18), 24)  # a white band above the image for the tokens
+    canvas = np.full((h + band, w, 3), 255, dtype=np.uint8)
+    canvas[band:] = image_rgb
+    vis = Visualizer(canvas)
+    weights = np.asarray(weights, dtype=np.float64)
+    scale = weights.max() if weights.size and weights.max() > 0 else 1.0
+    xs = np.linspace(w * 0.05, w * 0.95, num=max(len(tokens), 1))
+    font = max(vis._default_font_size * 0.55, 6)
+    for t, token in enumerate(tokens):
+        vis.draw_text(token, (xs[t], band * 0.35), color="w", rotation=45, font_size=font)
+    for n, box in enumerate(np.asarray(boxes, dtype=np.float32).reshape(-1, 4)):
+        vis.draw_box((box[0], box[1] + band, box[2], box[3] + band), alpha=0.8, edge_color=_REGION_COLOR)
+        cx, cy = (box[0] + box[2]) / 2, (box[1] + box[3]) / 2 + band
+        for t in range(len(tokens)):
+            a = float(weights[t, n] / scale)
+            if a > 0.05:
+                vis.draw_line([xs[t], cx], [band * 0.7, cy], color=(0.85, 0.1, 0.1, a), linewidth=1 + 2 * a)
+    if title:
+        vis.draw_text(title, (4, 2), color="w", horizontal_alignment="left", font_size=font)
+    return vis.get_output().get_image()
+
+
+def draw_attention_heatmap(tokens, region_names, weights, title=""):
+    """Text-to-region attention as one heatmap per head.
+
+    Args:
+        weights (ndarray): (len(tokens), len(region_names), heads).
+
+    Returns:
+        ndarray (H, W, 3) uint8 RGB.
+    """
+    import matplotlib
+
+    matplotlib.use("Agg")
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    heads = weights.shape[2]
+    cols = min(heads, 4)
+    rows = (heads + cols - 1) // cols
+    fig = Figure(figsize=(3.2 * cols, 0.3 * len(tokens) * rows + 1.2 * rows), dpi=80)
+    FigureCanvasAgg(fig)
+    for k in range(heads):
+        ax = fig.add_subplot(rows, cols, k + 1)
+        ax.imshow(weights[:, :, k], aspect="auto", cmap="viridis")
+        ax.set_title(f"head {k}", fontsize=8)
+        ax.set_yticks(range(len(tokens)))
+        ax.set_yticklabels(tokens, fontsize=6)
+        ax.set_xticks(range(len(region_names)))
+        ax.set_xticklabels(region_names, fontsize=6, rotation=90)
+    if title:
+        fig.suptitle(title, fontsize=9)
+    fig.tight_layout()
+    fig.canvas.draw()
+    return np.asarray(fig.canvas.buffer_rgba())[..., :3].copy()
