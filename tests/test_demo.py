@@ -12,6 +12,7 @@ import pytest
 from conftest import REPO
 
 CONFIGS = {"vqa": os.path.join(REPO, "configs", "quick_schedules", "VLBERT-Tiny-SyntheticVQA.yaml"),
+           "vcr": os.path.join(REPO, "configs", "quick_schedules", "VLBERT-Tiny-SyntheticVCR.yaml"),
            "refcoco": os.path.join(REPO, "configs", "quick_schedules", "VLBERT-Tiny-SyntheticRefCOCO+.yaml")}
 
 
@@ -46,8 +47,12 @@ def _checkpoint(task, scene):
     return path
 
 
-@pytest.mark.parametrize("task, text", [("vqa", ["--question", "which side has more objects?"]),
-                                        ("refcoco", ["--expression", "the left-most one"])])
+@pytest.mark.parametrize("task, text", [
+    ("vqa", ["--question", "which side has more objects?"]),
+    ("refcoco", ["--expression", "the left-most one"]),
+    ("vcr", ["--question", "which object is the biggest ?", "--choices", "[0]", "[1]", "[2]", "[0,2]",
+             "--objects", "box", "ball", "kite"]),
+])
 def test_demo_draws_answer_and_attention(task, text, scene, tmp_path):
     weights = _checkpoint(task, scene)
     out = tmp_path / "out"
@@ -61,6 +66,8 @@ def test_demo_draws_answer_and_attention(task, text, scene, tmp_path):
     summary = json.loads(res.stdout.strip().splitlines()[-1])
     if task == "vqa":
         assert summary["answer"] in ("2", "3", "left", "right") and len(summary["top_k"]) == 4
+    elif task == "vcr":
+        assert len(summary["scores"]) == 4 and summary["objects"] == [[0], [1], [2], [0, 2]][summary["answer"]]
     else:
         assert 0 <= summary["index"] <= 3 and len(summary["box"]) == 4
     src = cv2.imread(str(scene / "scene.jpg"))
@@ -84,3 +91,16 @@ def test_demo_reports_bad_boxes(scene, tmp_path):
                          cwd=REPO, capture_output=True, text=True, timeout=300)
     assert res.returncode != 0
     assert f"--boxes: {bad}: expected a non-empty list of [x1, y1, x2, y2]" in res.stderr
+
+
+def test_vcr_region_references():
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("vlbert_demo", os.path.join(REPO, "tools", "demo.py"))
+    demo = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(demo)
+    assert demo.vcr_tokens("is [0,2] near [1] ?", 3, "--question") == ["is", [0, 2], "near", [1], "?"]
+    with pytest.raises(SystemExit, match="region 3 does not exist"):
+        demo.vcr_tokens("[3]", 3, "--choices")
+    with pytest.raises(SystemExit, match="not a region reference"):
+        demo.vcr_tokens("[a]", 3, "--choices")

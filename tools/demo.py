@@ -5,6 +5,10 @@
     python tools/demo.py --config-file configs/quick_schedules/VLBERT-Tiny-SyntheticVQA.yaml \\
         --weights output/tiny_synthetic_vqa/model_final.pth --input image.jpg \\
         --question "how many objects are there?" --boxes image_detections.json --output demo_out
+    # VCR (Q->A): the chosen answer and the objects it mentions; [k] refers to region k
+    python tools/demo.py --config-file configs/quick_schedules/VLBERT-Tiny-SyntheticVCR.yaml \
+        --weights output/tiny_synthetic_vcr/model_final.pth --input image.jpg --boxes boxes.json \
+        --objects ball box kite --question "which object is the biggest ?" --choices "[0]" "[1]" "[2]"
     # RefCOCO+: the referred region
     python tools/demo.py --config-file "configs/quick_schedules/VLBERT-Tiny-SyntheticRefCOCO+.yaml" \\
         --weights "output/tiny_synthetic_refcoco+/model_final.pth" --input image.jpg \\
@@ -77,13 +81,35 @@ def read_boxes(path, width, height):
     return boxes
 
 
-def build_input(cfg, mapper, image_bgr, boxes, text):
+def vcr_tokens(text, num_objects, what):
+    """A VCR token list from text where "[k]" (or "[k,j]") names region k: "what is [0] doing ?"."""
+    tokens = []
+    for word in text.split():
+        if word.startswith("[") and word.endswith("]"):
+            try:
+                refs = [int(k) for k in word[1:-1].split(",")]
+            except ValueError:
+                raise SystemExit(f"{what}: '{word}' is not a region reference like [0] or [0,2]") from None
+            bad = [k for k in refs if not 0 <= k < num_objects]
+            if bad:
+                raise SystemExit(f"{what}: region {bad[0]} does not exist (there are {num_objects} boxes)")
+            tokens.append(refs)
+        else:
+            tokens.append(word)
+    return tokens
+
+
+def build_input(cfg, mapper, image_bgr, boxes, text, objects=None, choices=None):
     """The model input for one image: RoI 0 is the whole image, then the given boxes."""
     h, w = image_bgr.shape[:2]
     all_boxes = np.concatenate([[[0.0, 0.0, w, h]], boxes]).astype(np.float32)
     image, rois, _, _ = resize_image_and_boxes(mapper.augmentations, image_bgr, all_boxes)
     x = {"image": image, "boxes": rois, "height": h, "width": w}
-    x.update(mapper.encode_text(text))
+    if choices is None:
+        x.update(mapper.encode_text(text))
+    else:  # VCR Q->A: one sequence per answer choice
+        context = [vcr_tokens(text, len(boxes), "--question")]
+        x.update(mapper.encode_text(objects, context, [vcr_tokens(c, len(boxes), "--choices") for c in choices]))
     return x
 
 
@@ -91,7 +117,12 @@ def run_one(model, cfg, mapper, path, boxes_path, text, args):
     image_bgr = utils.read_image(path, format=cfg.INPUT.FORMAT)
     h, w = image_bgr.shape[:2]
     boxes = read_boxes(boxes_path, w, h)
-    x = build_input(cfg, mapper, image_bgr, boxes, text)
+    objects = None
+    if args.choices is not None:
+        objects = args.objects or ["object"] * len(boxes)
+        if len(objects) != len(boxes):
+            raise SystemExit(f"--objects: {len(objects)} names for {len(boxes)} boxes")
+    x = build_input(cfg, mapper, image_bgr, boxes, text, objects, args.choices)
     with torch.no_grad():
         outputs, batch = model.encode([x], output_attentions=True)
         result = model.head(outputs, batch)[0]
@@ -106,6 +137,7 @@ def run_one(model, cfg, mapper, path, boxes_path, text, args):
     written = []
 
     head = cfg.MODEL.VLBERT.HEAD
+    sequence = 0  # the text sequence whose attention is drawn (VCR: the chosen answer's)
     if head == "VQAHead":
         scores = result["scores"].clone()
         vocab = mapper.answer_vocab
@@ -123,17 +155,28 @@ def run_one(model, cfg, mapper, path, boxes_path, text, args):
         picture = draw_prediction(image_rgb, shown, [f"\"{text}\"", f"-> {best}"], chosen=region,
                                   scores=result["scores"][1:].tolist())
         summary = {"index": index, "box": (boxes[region].tolist() if region is not None else [0, 0, w, h])}
+    elif head == "VCRHead":
+        if args.choices is None:
+            raise SystemExit("a VCR model needs --choices (and --question)")
+        scores = result["scores"].tolist()
+        best = int(np.argmax(scores))
+        mentioned = [k for t in vcr_tokens(args.choices[best], len(boxes), "--choices") if isinstance(t, list) for k in t]
+        lines = [f"Q: {text}"] + [f"{'>' if k == best else ' '} {c}: {s:.2f}" for k, (c, s) in enumerate(zip(args.choices, scores))]
+        picture = draw_prediction(image_rgb, shown, lines, chosen=mentioned)
+        summary = {"answer": best, "scores": scores, "objects": mentioned}
+        sequence = best
     else:
-        raise SystemExit(f"tools/demo.py draws VQAHead and RefCOCOHead models; {head} is not supported yet")
+        raise SystemExit(f"tools/demo.py draws VCRHead, VQAHead and RefCOCOHead models, not {head}")
     written.append(_save(picture, os.path.join(args.output, f"{stem}_answer.png")))
 
-    text_len = int(x["text_mask"][0].sum())
-    tokens = mapper.tokenizer.convert_ids_to_tokens(x["input_ids"][0, :text_len].tolist())
+    text_len = int(x["text_mask"][sequence].sum())
+    tokens = mapper.tokenizer.convert_ids_to_tokens(x["input_ids"][sequence, :text_len].tolist())
     num_layers = len(outputs.attentions)
     for layer in args.layers or [num_layers - 1]:
         if not -num_layers <= layer < num_layers:
             raise SystemExit(f"--layers: the model has {num_layers} layers, got {layer}")
-        weights = text_to_region_attention(outputs.attentions, text_len, len(boxes) + 1, layer, args.heads)
+        weights = text_to_region_attention(outputs.attentions, text_len, len(boxes) + 1, layer, args.heads,
+                                           sequence)
         # Region 0 (the whole image) has no box to draw a line to: lines go to the given boxes.
         lines_pic = draw_attention_lines(image_rgb, shown, tokens, weights[:, 1:].mean(-1),
                                          title=f"layer {layer % num_layers}")
@@ -162,11 +205,14 @@ def main(argv=None):
     p.add_argument("--weights", required=True, help="a checkpoint (model_final.pth)")
     p.add_argument("--input", required=True, help="an image or a folder of images")
     text = p.add_mutually_exclusive_group(required=True)
-    text.add_argument("--question", help="VQA question")
+    text.add_argument("--question", help="VQA question, or VCR question (with --choices)")
     text.add_argument("--expression", help="RefCOCO+ referring expression")
     p.add_argument("--boxes", required=True,
                    help="regions: a detection JSON or a list of [x1, y1, x2, y2] (a folder of "
                         "<stem>.json with a folder of images). The bottom-up detector is not built yet.")
+    p.add_argument("--choices", nargs="+", help="VCR answer choices; [k] in them and in the question "
+                   "refers to region k of --boxes")
+    p.add_argument("--objects", nargs="+", help="VCR: the class name of each region (default: 'object')")
     p.add_argument("--output", default="demo_output", help="folder for the PNGs (default: %(default)s)")
     p.add_argument("--top-k", type=int, default=5, help="VQA answers listed (default: %(default)s)")
     p.add_argument("--layers", type=int, nargs="*", help="layers of the attention view (default: the last)")

@@ -16,17 +16,20 @@ def draw_prediction(image_rgb, boxes, lines, chosen=None, scores=None):
         boxes (ndarray): (N, 4) regions x1 y1 x2 y2 in the image's pixels (the whole image
             excluded).
         lines (list[str]): text to write (answer, top-k scores, the question).
-        chosen (int or None): index in ``boxes`` of the region to highlight (RefCOCO+).
+        chosen (int, collection of int or None): regions to highlight (the referred one for
+            RefCOCO+, the objects the chosen answer mentions for VCR).
         scores (list[float] or None): a score to print on each region.
 
     Returns:
         ndarray (H, W, 3) uint8 RGB.
     """
     vis = Visualizer(image_rgb)
+    chosen = set() if chosen is None else {chosen} if isinstance(chosen, int) else set(chosen)
     for i, box in enumerate(np.asarray(boxes, dtype=np.float32).reshape(-1, 4)):
-        color = _CHOSEN_COLOR if i == chosen else _REGION_COLOR
-        vis.draw_box(box, alpha=1.0 if i == chosen else 0.6, edge_color=color,
-                     line_style="-" if i == chosen else "--")
+        picked = i in chosen
+        color = _CHOSEN_COLOR if picked else _REGION_COLOR
+        vis.draw_box(box, alpha=1.0 if picked else 0.6, edge_color=color,
+                     line_style="-" if picked else "--")
         if scores is not None:
             vis.draw_text(f"{scores[i]:.2f}", (box[0] + 2, box[1] + 2), color=color,
                           horizontal_alignment="left", font_size=max(vis._default_font_size * 0.6, 6))
@@ -37,7 +40,7 @@ def draw_prediction(image_rgb, boxes, lines, chosen=None, scores=None):
     return vis.get_output().get_image()
 
 
-def text_to_region_attention(attentions, text_len, num_regions, layer, heads=None):
+def text_to_region_attention(attentions, text_len, num_regions, layer, heads=None, sequence=0):
     """Attention of every text token to every region in one layer.
 
     Args:
@@ -47,11 +50,12 @@ def text_to_region_attention(attentions, text_len, num_regions, layer, heads=Non
         num_regions (int): RoIs (the whole image first).
         layer (int): which layer.
         heads (list[int] or None): heads to average (None: all).
+        sequence (int): which text sequence of the batch (VCR: one per answer choice).
 
     Returns:
         ndarray (text_len, num_regions, A') for the chosen heads.
     """
-    att = attentions[layer][0]  # (A, T, T)
+    att = attentions[layer][sequence]  # (A, T, T)
     if heads is not None:
         att = att[list(heads)]
     slots = att.shape[-1] - num_regions - 1  # L (padded text slots)
