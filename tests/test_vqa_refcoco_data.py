@@ -3,7 +3,6 @@ official formats written by the synthetic generator (and edited copies of them).
 import json
 import os
 import pickle
-import shutil
 
 import numpy as np
 import pytest

@@ -18,6 +18,8 @@ import os
 
 import numpy as np
 
+from ..utils.files import read_json
+
 _ARRAYS = ("boxes", "features", "classes")
 
 
@@ -108,11 +110,5 @@ def parse_detection(record, path="<detection>"):
 
 def read_detection(path):
     """Read and validate one detection file (see :func:`parse_detection`)."""
-    try:
-        with open(path) as f:
-            record = json.load(f)
-    except FileNotFoundError:
-        raise FileNotFoundError(f"detection file not found: {path}") from None
-    except (json.JSONDecodeError, UnicodeDecodeError) as e:
-        raise DetectionFormatError(f"{path}: not valid JSON ({e})") from None
+    record = read_json(path, DetectionFormatError, "detection file", bad="not valid JSON")
     return parse_detection(record, path)

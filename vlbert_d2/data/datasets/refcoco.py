@@ -12,13 +12,13 @@
 One dataset record per expression (sentence). The candidate regions are the image's ground-truth
 annotations, or the detected regions of the proposals file.
 """
-import json
 import logging
 import os
 from collections import defaultdict
 
 from detectron2.data import DatasetCatalog, MetadataCatalog
 
+from ...utils.files import read_json
 from ...utils.safe_pickle import PLAIN_GLOBALS, restricted_load
 
 logger = logging.getLogger(__name__)
@@ -53,13 +53,7 @@ def _xywh_to_xyxy(box, where, field):
 
 
 def _load_json(path):
-    try:
-        with open(path, encoding="utf-8") as f:
-            return json.load(f)
-    except FileNotFoundError:
-        raise FileNotFoundError(f"RefCOCO+ file not found: {path} (see datasets/README.md)") from None
-    except (json.JSONDecodeError, UnicodeDecodeError) as e:
-        raise RefCOCOFormatError(f"{path}: malformed JSON ({e})") from None
+    return read_json(path, RefCOCOFormatError, "RefCOCO+ file", hint=" (see datasets/README.md)")
 
 
 def load_instances(path):

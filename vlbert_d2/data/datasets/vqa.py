@@ -12,7 +12,6 @@
 Subsets: train2014, val2014, minival2014 / valminusminival2014 (when their files exist),
 test-dev2015 and test2015 (no annotations).
 """
-import json
 import logging
 import os
 from collections import Counter
@@ -20,6 +19,7 @@ from collections import Counter
 from detectron2.data import DatasetCatalog, MetadataCatalog
 
 from ...evaluation.vqa_eval import normalize_answer, soft_scores
+from ...utils.files import read_json
 
 logger = logging.getLogger(__name__)
 
@@ -33,13 +33,7 @@ class VQAFormatError(ValueError):
 
 
 def _load_json(path, key):
-    try:
-        with open(path, encoding="utf-8") as f:
-            data = json.load(f)
-    except FileNotFoundError:
-        raise FileNotFoundError(f"VQA file not found: {path} (see datasets/README.md)") from None
-    except (json.JSONDecodeError, UnicodeDecodeError) as e:
-        raise VQAFormatError(f"{path}: malformed JSON ({e})") from None
+    data = read_json(path, VQAFormatError, "VQA file", hint=" (see datasets/README.md)")
     if not isinstance(data, dict) or not isinstance(data.get(key), list):
         raise VQAFormatError(f"{path}: expected a JSON object with a '{key}' list")
     return data[key]
