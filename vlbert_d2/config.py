@@ -95,6 +95,38 @@ def add_vlbert_config(cfg):
     # Dropout between the MVRC-style transform of each RoI output and its scorer.
     _C.MODEL.VLBERT.REFCOCO.CLASSIFIER_DROPOUT = 0.0  # official
 
+    # --- Pre-training (paper section 3.3, appendix A.2; MODEL.VLBERT.HEAD "PretrainHead") ---
+    _C.MODEL.VLBERT.PRETRAIN = CN()
+    # Task #1 of the paper's pre-training: masked language modelling with visual clues (and, on
+    # the text corpus, plain MLM). Whole words are masked (all their word pieces): a word is
+    # chosen with probability MLM_PROB, then replaced by [MASK] 80%, a random token 10%, kept 10%.
+    _C.MODEL.VLBERT.PRETRAIN.WITH_MLM = True
+    _C.MODEL.VLBERT.PRETRAIN.MLM_PROB = 0.15
+    # Task #2: masked RoI classification with linguistic clues. A RoI (never the whole image) is
+    # chosen with probability MVRC_PROB; 90% of the chosen ones are masked (their pixels set to
+    # zero in the normalised image before the CNN, their [IMG] token replaced by a learned
+    # [MASK] one), 10% kept; the target is the detector's class distribution (soft CE).
+    _C.MODEL.VLBERT.PRETRAIN.WITH_MVRC = True
+    _C.MODEL.VLBERT.PRETRAIN.MVRC_PROB = 0.15
+    # Number of classes of the detection files' "classes" distributions (Visual Genome: 1600 +
+    # background).
+    _C.MODEL.VLBERT.PRETRAIN.NUM_REGION_CLASSES = 1601
+    # Sentence-image relationship prediction (ViLBERT/LXMERT style), which the paper found
+    # harmful: off. When on, half of the captions are replaced by a random other caption and
+    # the pooled [CLS] output classifies matched/mismatched.
+    _C.MODEL.VLBERT.PRETRAIN.WITH_REL = False
+    # Boxes per caption image: those of the detection file with max class score >= SCORE_THRESH,
+    # at least MIN_BOXES (the best-scoring ones) and at most MAX_BOXES (paper: 10 to 100 at 0.5).
+    # A detection file with fewer than MIN_BOXES boxes is an error that names it.
+    _C.MODEL.VLBERT.PRETRAIN.MIN_BOXES = 10
+    _C.MODEL.VLBERT.PRETRAIN.MAX_BOXES = 100
+    _C.MODEL.VLBERT.PRETRAIN.SCORE_THRESH = 0.5
+    # Word pieces of a text-corpus sample, [CLS] and [SEP] included (official: 64).
+    _C.MODEL.VLBERT.PRETRAIN.TEXT_MAX_LEN = 64
+    # Share of each training batch taken from the text-only datasets of DATASETS.TRAIN (paper:
+    # 128 captions + 128 text samples = 0.5). 0: captions only.
+    _C.MODEL.VLBERT.PRETRAIN.TEXT_FRACTION = 0.5
+
     # --- Input ---
     # Maximum number of word pieces of the two sentences together, [CLS] and [SEP]s not
     # counted (official); the longer sentence is truncated first.
@@ -107,4 +139,9 @@ def add_vlbert_config(cfg):
     # SOLVER.LR_SCHEDULER_NAME also accepts "WarmupLinearDecayLR": linear warm-up over
     # SOLVER.WARMUP_ITERS, then linear decay to 0 at SOLVER.MAX_ITER (the paper's VQA, RefCOCO+
     # and pre-training schedule).
+
+    # --- Data loading ---
+    # Train on a fixed random share of the training datasets (0 < f <= 1; 1: all), e.g. to
+    # fine-tune on a small fraction of the data. The subset depends only on SEED and is logged.
+    _C.DATALOADER.TRAIN_FRACTION = 1.0
     return cfg

@@ -15,10 +15,15 @@ layout (``../shared/official-keys/`` in the project's design documents):
 * fine-tuned VCR models wrap the encoder as ``vlbert._module.*`` and add a pooler and
   ``final_mlp.1`` (one logit per choice);
 * fine-tuned VQA and RefCOCO+ models add ``final_mlp.{0,2}`` (a transform and a classifier);
-* ``vlbert.mlm_head.predictions.decoder.weight`` is tied to the word embeddings.
+* pre-trained models add the heads ``vlbert.mlm_head.*`` (transform and bias; the decoder
+  ``vlbert.mlm_head.predictions.decoder.weight`` is tied to the word embeddings),
+  ``vlbert.mvrc_head.*`` and the inputs ``object_mask_word_embedding`` (masked RoI token),
+  ``aux_text_visual_embedding`` (text-only visual feature) and, precomputed variants,
+  ``object_mask_visual_embedding``: they map to ``PretrainHead``/``PretrainEmbeddings`` for a
+  pre-training model; for a VQA (RefCOCO+) model the MLM (masked-RoI) transform starts the head.
 
-Keys this project has no place for yet (the pre-training heads, the
-official ``cnn_loss_reg`` classifier with its background class) are reported as unmapped: the
+Keys this project has no place for (e.g. the official ``cnn_loss_reg`` classifier of VCR, the
+pre-training heads when converting for a fine-tuning model) are reported as unmapped: the
 converter never drops a key silently.
 """
 import re
@@ -104,7 +109,8 @@ _DUPLICATES = [
     (r"vlbert\.mlm_head\.predictions\.decoder\.weight", lambda m: "vlbert.word_embeddings.weight"),
 ]
 # (1, H) embedding tables that are (H,) vectors here.
-_VECTORS = {"vl_bert.img_embedding", "vl_bert.end_embedding"}
+_VECTORS = {"vl_bert.img_embedding", "vl_bert.end_embedding", "pretrain_embeddings.mask_token",
+            "pretrain_embeddings.text_only_visual", "pretrain_embeddings.masked_feature"}
 
 
 def _prefixed(prefix, rest):
@@ -140,7 +146,7 @@ def convert_official_state_dict(state_dict, expected_shapes=None):
         if norm in source:
             raise ConversionError(f"keys '{key}' and another one both normalise to '{norm}'")
         source[norm] = value
-    rules = _RULES + _head_from_pretraining_rules(source, expected_shapes)
+    rules = _RULES + _head_from_pretraining_rules(source, expected_shapes) + _pretraining_rules(expected_shapes)
     report = ConversionReport()
     out, problems = {}, []
     for key, value in source.items():
@@ -193,6 +199,34 @@ def _head_from_pretraining_rules(source, expected_shapes):
     if "head.transform.0.weight" in expected_shapes:  # RefCOCO+: dense, GELU
         return [(r"vlbert\.mvrc_head\.transform\.dense\.(weight|bias)",
                  lambda m: f"head.transform.0.{m.group(1)}")]
+    return []
+
+
+# The pre-training heads and inputs (PretrainHead / PretrainEmbeddings); the MLM decoder is
+# tied to the word embeddings, so its official copy is a checked duplicate.
+_PRETRAINING_RULES = [
+    (r"vlbert\.mlm_head\.predictions\.transform\.dense\.(weight|bias)", lambda m: f"head.mlm_transform.0.{m.group(1)}"),
+    (r"vlbert\.mlm_head\.predictions\.transform\.LayerNorm\.(weight|bias)",
+     lambda m: f"head.mlm_transform.2.{m.group(1)}"),
+    (r"vlbert\.mlm_head\.predictions\.bias", lambda m: "head.mlm_bias"),
+    (r"vlbert\.mvrc_head\.transform\.dense\.(weight|bias)", lambda m: f"head.mvrc_transform.0.{m.group(1)}"),
+    (r"vlbert\.mvrc_head\.region_cls_pred\.(weight|bias)", lambda m: f"head.mvrc_classifier.{m.group(1)}"),
+    # (sic: the official attribute is "relationsip_head")
+    (r"vlbert\.relationsip_head\.caption_image_relationship\.(weight|bias)",
+     lambda m: f"head.rel_classifier.{m.group(1)}"),
+    (r"object_mask_word_embedding\.weight", lambda m: "pretrain_embeddings.mask_token"),
+    (r"aux_text_visual_embedding\.weight", lambda m: "pretrain_embeddings.text_only_visual"),
+    (r"object_mask_visual_embedding\.weight", lambda m: "pretrain_embeddings.masked_feature"),
+]
+
+
+def _pretraining_rules(expected_shapes):
+    """The pre-training heads map for a pre-training model (``PretrainHead``), or when no model
+    is given; for a fine-tuning model they are reported as unmapped (only their transforms
+    start task heads, see :func:`_head_from_pretraining_rules`)."""
+    if expected_shapes is None or "head.mlm_transform.0.weight" in expected_shapes \
+            or "head.mvrc_transform.0.weight" in expected_shapes:
+        return _PRETRAINING_RULES
     return []
 
 

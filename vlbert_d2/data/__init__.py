@@ -7,7 +7,10 @@ import os
 
 from detectron2.data import DatasetCatalog
 
+from .build import MixedBatchLoader, build_vlbert_train_loader
 from .datasets import register_refcoco, register_vcr, register_vqa
+from .datasets.pretrain import register_conceptual_captions, register_text_corpus
+from .pretrain_mapper import PretrainDatasetMapper
 from .refcoco_mapper import RefCOCODatasetMapper
 from .synthetic import SHAPES as SYNTHETIC_CLASSES
 from .vcr_mapper import VCRDatasetMapper
@@ -50,8 +53,26 @@ _REFCOCO_DATASETS = [
     for split in ("train", "val", "testA", "testB") for det in (False, True)
 ]
 
+# Pre-training: Conceptual Captions (name, folder, JSON-lines file) in the official layout, and
+# text corpora (name, folder, files). The synthetic ones: `python -m vlbert_d2.data.synthetic
+# --format captions` (README).
+_CAPTION_DATASETS = [
+    ("conceptual_captions_train", "conceptual-captions", "train_frcnn.json"),
+    ("conceptual_captions_val", "conceptual-captions", "val_frcnn.json"),
+    ("synthetic_captions_train", "synthetic_captions", "train_frcnn.json"),
+    ("synthetic_captions_val", "synthetic_captions", "val_frcnn.json"),
+]
+_TEXT_DATASETS = [
+    # The official corpus files: BooksCorpus (bc1g.doc) and English Wikipedia (wiki.doc).
+    ("en_corpus_train", "en_corpus", ("bc1g.doc", "wiki.doc")),
+    ("en_corpus_val", "en_corpus", ("bc1g.doc",)),
+    ("synthetic_corpus_train", "synthetic_captions", ("corpus_train.txt",)),
+    ("synthetic_corpus_val", "synthetic_captions", ("corpus_val.txt",)),
+]
+
 # Which mapper formats a task's inputs, by head (MODEL.VLBERT.HEAD).
-_MAPPERS = {"VCRHead": VCRDatasetMapper, "VQAHead": VQADatasetMapper, "RefCOCOHead": RefCOCODatasetMapper}
+_MAPPERS = {"VCRHead": VCRDatasetMapper, "VQAHead": VQADatasetMapper, "RefCOCOHead": RefCOCODatasetMapper,
+            "PretrainHead": PretrainDatasetMapper}
 
 
 def build_vlbert_mapper(cfg, is_train):
@@ -71,9 +92,10 @@ def check_datasets(names):
     missing, seen = [], set()
     for name in names:
         meta = MetadataCatalog.get(name)
-        for key in ("json_file", "image_root", "detection_root", "refs_file", "instances_file", "proposals_file"):
-            path = meta.get(key, None)
-            if path is not None and not os.path.exists(path) and path not in seen:
+        paths = [meta.get(key, None) for key in ("json_file", "image_root", "detection_root", "refs_file",
+                                                   "instances_file", "proposals_file")]
+        for path in [p for p in paths if p is not None] + list(meta.get("text_files", [])):
+            if not os.path.exists(path) and path not in seen:
                 seen.add(path)
                 missing.append(f"{path} (dataset '{name}')")
     if missing:
@@ -101,8 +123,15 @@ def register_all(root=None):
     for name, folder, split, detected in _REFCOCO_DATASETS:
         if name not in DatasetCatalog.list():
             register_refcoco(name, os.path.join(root, folder), split, detected)
+    for name, folder, json_file in _CAPTION_DATASETS:
+        if name not in DatasetCatalog.list():
+            register_conceptual_captions(name, os.path.join(root, folder), json_file)
+    for name, folder, files in _TEXT_DATASETS:
+        if name not in DatasetCatalog.list():
+            register_text_corpus(name, os.path.join(root, folder), list(files))
 
 
 register_all()
 
-__all__ = ["VCRDatasetMapper", "VQADatasetMapper", "RefCOCODatasetMapper", "check_datasets", "build_vlbert_mapper", "register_all", "datasets_root", "SYNTHETIC_CLASSES"]
+__all__ = ["VCRDatasetMapper", "VQADatasetMapper", "RefCOCODatasetMapper", "PretrainDatasetMapper",
+           "MixedBatchLoader", "build_vlbert_train_loader", "check_datasets", "build_vlbert_mapper", "register_all", "datasets_root", "SYNTHETIC_CLASSES"]

@@ -1,5 +1,6 @@
 """Pieces every task's dataset mapper shares: image reading with named errors, the resize
 (and flip) of an image with its boxes, left/right swapping for flips, and packing text rows."""
+import io
 import re
 
 import numpy as np
@@ -7,6 +8,8 @@ import torch
 
 from detectron2.data import detection_utils as utils
 from detectron2.data import transforms as T
+
+from ..utils.files import ZIP_SEPARATOR, read_bytes
 
 WHOLE_IMAGE = 0  # RoI index of the whole image
 
@@ -28,8 +31,15 @@ def build_resize_flip(cfg, is_train, allow_flip=True):
 
 
 def read_image(path, image_format, source, field="file_name"):
-    """Read an image; a missing file is reported with the record and field that named it."""
+    """Read an image (a file, or ``archive.zip@/inner/path``); a missing or unreadable file is
+    reported with the record and field that named it."""
     try:
+        if ZIP_SEPARATOR in path:  # a member of an uncompressed zip archive
+            from PIL import Image
+
+            image = Image.open(io.BytesIO(read_bytes(path)))
+            image = utils._apply_exif_orientation(image)
+            return utils.convert_PIL_to_numpy(image, image_format)
         return utils.read_image(path, format=image_format)
     except FileNotFoundError:
         raise FileNotFoundError(f"{source}: field '{field}': image not found: {path}") from None

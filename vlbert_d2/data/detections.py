@@ -18,7 +18,7 @@ import os
 
 import numpy as np
 
-from ..utils.files import read_json
+from ..utils.files import read_json_any
 
 _ARRAYS = ("boxes", "features", "classes")
 
@@ -109,6 +109,7 @@ def parse_detection(record, path="<detection>"):
 
 
 def read_detection(path):
-    """Read and validate one detection file (see :func:`parse_detection`)."""
-    record = read_json(path, DetectionFormatError, "detection file", bad="not valid JSON")
+    """Read and validate one detection file (see :func:`parse_detection`); ``path`` may name a
+    member of an uncompressed zip archive (``archive.zip@/inner/path.json``)."""
+    record = read_json_any(path, DetectionFormatError, "detection file", bad="not valid JSON")
     return parse_detection(record, path)

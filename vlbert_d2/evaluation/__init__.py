@@ -1,6 +1,7 @@
 """Evaluators, chosen by the ``evaluator_type`` of a dataset's metadata."""
 from detectron2.data import MetadataCatalog
 
+from .pretrain_evaluation import PretrainEvaluator, pretrain_metrics
 from .refcoco_evaluation import RefCOCOEvaluator
 from .vqa_eval import normalize_answer, soft_scores, vqa_accuracy, vqa_metrics
 from .vqa_evaluation import VQAEvaluator, write_vqa_submission
@@ -19,10 +20,12 @@ def build_vlbert_evaluator(cfg, dataset_name, output_dir=None):
         return VQAEvaluator(dataset_name, vocab_for_cfg(cfg), output_dir)
     if evaluator_type == "refcoco":
         return RefCOCOEvaluator(dataset_name, output_dir)
+    if evaluator_type == "pretrain":
+        return PretrainEvaluator(dataset_name)
     raise NotImplementedError(f"no evaluator for dataset '{dataset_name}' "
                               f"(evaluator_type {evaluator_type!r})")
 
 
-__all__ = ["VCREvaluator", "VQAEvaluator", "RefCOCOEvaluator", "normalize_answer", "soft_scores",
+__all__ = ["VCREvaluator", "VQAEvaluator", "RefCOCOEvaluator", "PretrainEvaluator", "pretrain_metrics", "normalize_answer", "soft_scores",
            "vqa_accuracy", "vqa_metrics", "write_vqa_submission", "build_vlbert_evaluator", "load_predictions", "vcr_metrics",
            "write_leaderboard_csv"]

@@ -238,3 +238,149 @@ class RefCOCOHead(nn.Module):
         for i, x in enumerate(batch.inputs):
             target[i, : len(x["region_labels"])] = x["region_labels"].to(target)
         return {"loss_ref": F.binary_cross_entropy_with_logits(logits[valid], target[valid])}
+
+
+def _pad_labels(rows, value):
+    """(1, L_i) label rows -> (S, max L) padded with ``value``."""
+    length = max(r.shape[-1] for r in rows)
+    return torch.cat([F.pad(r, (0, length - r.shape[-1]), value=value) for r in rows])
+
+
+def _hits_per_row(hits, where):
+    """(M,) bool hits at the True entries of the (S, X) ``where`` -> list of S counts."""
+    row = where.nonzero()[:, 0]
+    per_row = torch.zeros(len(where), dtype=torch.long, device=hits.device)
+    return per_row.index_add_(0, row, hits.to(torch.long)).tolist()
+
+
+@VLBERT_HEAD_REGISTRY.register()
+class PretrainHead(nn.Module):
+    """Pre-training (paper section 3.3): masked language modelling with visual clues (and plain
+    MLM on text-only inputs), masked RoI classification with linguistic clues, and, off by
+    default, sentence-image relationship prediction.
+
+    * MLM: BERT's prediction head: transform (dense, GELU, LayerNorm) and a decoder tied to the
+      word embeddings plus a bias; transform and bias start from BERT's ``cls.predictions`` when
+      the BERT checkpoint has them. Cross-entropy, averaged over the masked word pieces.
+    * Masked RoI classification: the official transform (dense, GELU) and a linear classifier
+      over the detector's classes; soft cross-entropy against the detector's class distribution,
+      averaged over the chosen RoIs.
+    * Relationship: a linear 2-way classifier on the pooled [CLS] output.
+
+    Losses: ``loss_mlm`` (captions), ``loss_mlm_text`` (text corpus), ``loss_mvrc``, ``loss_rel``.
+    """
+
+    @configurable
+    def __init__(self, *, hidden_size, vocab_size, num_region_classes=1601, with_mlm=True,
+                 with_mvrc=True, with_rel=False, bert_name="", layer_norm_eps=1e-12, std=0.02):
+        """
+        Args:
+            hidden_size (int): H.
+            vocab_size (int): V, rows of the word-embedding matrix the decoder is tied to.
+            num_region_classes (int): classes of masked RoI classification (1601 for VG).
+            with_mlm, with_mvrc, with_rel (bool): which tasks.
+            bert_name (str): BERT checkpoint whose ``cls.predictions`` starts the MLM head.
+            layer_norm_eps (float): of the MLM transform's LayerNorm.
+            std (float): initialisation of the new linear layers (BERT's initializer_range).
+        """
+        super().__init__()
+        self.with_mlm, self.with_mvrc, self.with_rel = with_mlm, with_mvrc, with_rel
+        if with_mlm:
+            self.mlm_transform = _prediction_transform(hidden_size, layer_norm_eps)
+            self.mlm_bias = nn.Parameter(torch.zeros(vocab_size))
+        if with_mvrc:
+            self.mvrc_transform = nn.Sequential(nn.Linear(hidden_size, hidden_size), nn.GELU())
+            self.mvrc_classifier = nn.Linear(hidden_size, num_region_classes)
+        if with_rel:
+            self.rel_classifier = nn.Linear(hidden_size, 2)
+        for m in self.modules():  # BERT's initialisation (official init_weights)
+            if isinstance(m, nn.Linear):
+                nn.init.normal_(m.weight, std=std)
+                nn.init.zeros_(m.bias)
+        if with_mlm and bert_name:
+            self._init_mlm_from_bert(bert_name)
+
+    @classmethod
+    def from_config(cls, cfg, hidden_size):
+        from .bert import build_tokenizer
+
+        p = cfg.MODEL.VLBERT.PRETRAIN
+        return {"hidden_size": hidden_size, "vocab_size": len(build_tokenizer(cfg)),
+                "num_region_classes": p.NUM_REGION_CLASSES, "with_mlm": p.WITH_MLM,
+                "with_mvrc": p.WITH_MVRC, "with_rel": p.WITH_REL,
+                "bert_name": cfg.MODEL.VLBERT.BERT_NAME}
+
+    def _init_mlm_from_bert(self, bert_name):
+        from .bert import load_pretrained_tensors
+
+        mlm = load_pretrained_tensors(bert_name, "cls.predictions.")
+        mapping = {"transform.dense.weight": "0.weight", "transform.dense.bias": "0.bias",
+                   "transform.LayerNorm.weight": "2.weight", "transform.LayerNorm.bias": "2.bias"}
+        if not all(k in mlm for k in mapping):
+            logger.info("MLM head: %s has no MLM head (cls.predictions); it starts from random "
+                        "weights", bert_name)
+            return
+        self.mlm_transform.load_state_dict({mapping[k]: mlm[k] for k in mapping})
+        if "bias" in mlm:
+            if mlm["bias"].shape != self.mlm_bias.shape:
+                raise ValueError(f"{bert_name}: cls.predictions.bias has shape {tuple(mlm['bias'].shape)}, "
+                                 f"the vocabulary has {self.mlm_bias.numel()} tokens")
+            self.mlm_bias.data.copy_(mlm["bias"])
+        logger.info("MLM head initialised from %s's cls.predictions", bert_name)
+
+    def mlm_logits(self, hidden, word_embeddings):
+        """(M, H) outputs -> (M, V) scores over the vocabulary (decoder tied to the embeddings)."""
+        return F.linear(self.mlm_transform(hidden), word_embeddings, self.mlm_bias)
+
+    def forward(self, outputs, batch):
+        """
+        Returns:
+            dict of losses in training; else per input a dict of counts: ``mlm_correct``,
+            ``mlm_total`` (and ``mvrc_correct``, ``mvrc_total``, ``rel_correct`` for captions)
+            and ``kind`` ("caption" or "text").
+        """
+        dev = outputs.text.device
+        losses, counts = {}, [{"kind": "text" if batch.text_only else "caption"} for _ in batch.inputs]
+        if self.with_mlm:
+            labels = _pad_labels([x["mlm_labels"] for x in batch.inputs], -1).to(dev)  # (S, L)
+            labels = labels[:, : outputs.text.shape[1]]
+            where = labels >= 0
+            if where.any():
+                logits = self.mlm_logits(outputs.text[where], batch.word_embeddings)  # (M, V)
+                loss = F.cross_entropy(logits, labels[where])
+                if not self.training:
+                    hits = _hits_per_row(logits.argmax(-1) == labels[where], where)
+                    for c, h, n in zip(counts, hits, where.sum(1).tolist()):
+                        c["mlm_correct"], c["mlm_total"] = h, n
+            else:
+                # Nothing masked: a zero loss that keeps the head in the graph (DDP).
+                loss = self.mlm_logits(outputs.text[:1, 0], batch.word_embeddings).sum() * 0.0
+                for c in counts:
+                    c["mlm_correct"], c["mlm_total"] = 0, 0
+            losses["loss_mlm_text" if batch.text_only else "loss_mlm"] = loss
+        if not batch.text_only and self.with_mvrc:
+            targets = torch.zeros((*batch.object_mask.shape, self.mvrc_classifier.out_features), device=dev)
+            for i, x in enumerate(batch.inputs):
+                targets[i, : len(x["mvrc_targets"])] = x["mvrc_targets"].to(dev)
+            chosen = targets.sum(-1) > 0  # (B, N)
+            if chosen.any():
+                logits = self.mvrc_classifier(self.mvrc_transform(outputs.objects[chosen]))
+                loss = -(targets[chosen] * F.log_softmax(logits, -1)).sum(-1).mean()
+                if not self.training:
+                    hits = _hits_per_row(logits.argmax(-1) == targets[chosen].argmax(-1), chosen)
+                    for c, h, n in zip(counts, hits, chosen.sum(1).tolist()):
+                        c["mvrc_correct"], c["mvrc_total"] = h, n
+            else:
+                loss = self.mvrc_classifier(self.mvrc_transform(outputs.objects[:1, 0])).sum() * 0.0
+                for c in counts:
+                    c["mvrc_correct"], c["mvrc_total"] = 0, 0
+            losses["loss_mvrc"] = loss
+        if not batch.text_only and self.with_rel:
+            if any("rel_label" not in x for x in batch.inputs):
+                raise ValueError("MODEL.VLBERT.PRETRAIN.WITH_REL needs inputs with 'rel_label'")
+            logits = self.rel_classifier(outputs.pooled)
+            target = torch.tensor([x["rel_label"] for x in batch.inputs], device=dev)
+            losses["loss_rel"] = F.cross_entropy(logits, target)
+            for c, hit in zip(counts, (logits.argmax(-1) == target).tolist()):
+                c["rel_correct"] = int(hit)
+        return losses if self.training else counts

@@ -28,6 +28,8 @@ class VLBertBatch:
             (background), -100 for padding and for inputs that give no classes.
         object_mask (LongTensor): (B, N) 1 for real RoI slots, 0 for padding.
         inputs (list[dict]): the mapper's input dicts, for task-specific fields (targets).
+        text_only (bool): the inputs have no image (pre-training's text corpus).
+        word_embeddings (Tensor): (V, H) BERT's word-embedding matrix (tied MLM decoder).
     """
 
     num_choices: List[int]
@@ -36,6 +38,8 @@ class VLBertBatch:
     object_classes: torch.Tensor
     object_mask: torch.Tensor = None
     inputs: List[dict] = None
+    text_only: bool = False
+    word_embeddings: torch.Tensor = None
 
 
 def _pad_stack(tensors, value=0):
@@ -59,16 +63,24 @@ class VLBERT(nn.Module):
     * ``input_ids``, ``token_type_ids``, ``text_mask``, ``text_tags``: (K, L) the K text
       sequences (e.g. one per answer choice); ``text_tags`` is the RoI whose visual feature a
       token carries (0: the whole image);
-    * ``label`` (optional): int.
+    * ``label`` (optional): int;
+    * pre-training: ``mvrc_masked`` (N,) bool, the RoIs whose [IMG] token becomes the learned
+      [MASK] one (and, with precomputed features, whose feature becomes a learned vector).
+
+    Inputs without ``boxes`` are text only (pre-training's text corpus): they have no visual
+    elements, and every word's visual feature embedding is one learned vector. A batch may mix
+    both kinds; each kind goes through the transformer separately and the head sees each.
     """
 
     @configurable
-    def __init__(self, *, region_extractor, fusion, vl_bert, head, pixel_mean, pixel_std):
+    def __init__(self, *, region_extractor, fusion, vl_bert, head, pixel_mean, pixel_std,
+                 pretrain_embeddings=None):
         super().__init__()
         self.region_extractor = region_extractor
         self.fusion = fusion
         self.vl_bert = vl_bert
         self.head = head
+        self.pretrain_embeddings = pretrain_embeddings
         self.register_buffer("pixel_mean", torch.tensor(pixel_mean).view(-1, 1, 1), False)
         self.register_buffer("pixel_std", torch.tensor(pixel_std).view(-1, 1, 1), False)
 
@@ -99,8 +111,17 @@ class VLBERT(nn.Module):
         if cfg.MODEL.VLBERT.FEATURE_CACHE or cfg.MODEL.VLBERT.DETECTION_FEATURES:
             # Precomputed features: the CNN is not run, so it must not expect gradients (DDP).
             region_extractor.requires_grad_(False)
+        pretrain_embeddings = None
+        if cfg.MODEL.VLBERT.HEAD == "PretrainHead":
+            p = cfg.MODEL.VLBERT.PRETRAIN
+            precomputed = bool(cfg.MODEL.VLBERT.FEATURE_CACHE or cfg.MODEL.VLBERT.DETECTION_FEATURES)
+            pretrain_embeddings = PretrainEmbeddings(
+                vl_bert.hidden_size, region_extractor.out_channels, with_mask_token=p.WITH_MVRC,
+                with_text_only=p.TEXT_FRACTION > 0, with_masked_feature=p.WITH_MVRC and precomputed,
+                std=vl_bert.bert.config.initializer_range)
         return {"region_extractor": region_extractor, "fusion": fusion, "vl_bert": vl_bert,
-                "head": head, "pixel_mean": cfg.MODEL.PIXEL_MEAN, "pixel_std": cfg.MODEL.PIXEL_STD}
+                "head": head, "pixel_mean": cfg.MODEL.PIXEL_MEAN, "pixel_std": cfg.MODEL.PIXEL_STD,
+                "pretrain_embeddings": pretrain_embeddings}
 
     @property
     def device(self):
@@ -119,6 +140,12 @@ class VLBERT(nn.Module):
         """
         if all("features" in x for x in batched_inputs):
             features = torch.cat([x["features"] for x in batched_inputs]).to(self.device, torch.float32)
+            pe = self.pretrain_embeddings
+            if pe is not None and pe.masked_feature is not None and any("mvrc_masked" in x for x in batched_inputs):
+                # Masked RoIs' precomputed features are replaced by a learned vector (official).
+                masked = torch.cat([x.get("mvrc_masked", torch.zeros(len(x["boxes"]), dtype=torch.bool))
+                                    for x in batched_inputs]).to(self.device)
+                features = torch.where(masked[:, None], pe.masked_feature, features)
             return features, [tuple(x["image_size"]) for x in batched_inputs]
         if any("features" in x for x in batched_inputs):
             raise ValueError("a batch mixes inputs with and without precomputed features")
@@ -161,8 +188,17 @@ class VLBERT(nn.Module):
         text_visual = torch.gather(
             obj_seq, 1, text_tags[..., None].expand(-1, -1, obj_seq.shape[-1]))
 
+        object_tokens = None
+        if self.pretrain_embeddings is not None and self.pretrain_embeddings.mask_token is not None:
+            masked = torch.zeros((B, N), dtype=torch.bool, device=dev)
+            masked[roi_to_input, slot] = torch.cat([
+                x.get("mvrc_masked", torch.zeros(c, dtype=torch.bool)) for x, c in zip(batched_inputs, counts)]).to(dev)
+            # torch.where keeps the [MASK] token in the graph even when nothing is masked (DDP).
+            object_tokens = torch.where(masked[..., None], self.pretrain_embeddings.mask_token,
+                                        self.vl_bert.img_embedding)[seq_to_input]
         outputs = self.vl_bert(input_ids, token_type_ids, text_mask, text_visual,
-                               obj_seq, obj_mask[seq_to_input], output_attentions=output_attentions)
+                               obj_seq, obj_mask[seq_to_input], output_attentions=output_attentions,
+                               object_tokens=object_tokens)
         object_classes = torch.full((B, N), -100, dtype=torch.long, device=dev)
         object_classes[roi_to_input, slot] = torch.cat([
             x["object_classes"] if "object_classes" in x else torch.full((c,), -100, dtype=torch.long)
@@ -174,14 +210,83 @@ class VLBERT(nn.Module):
             object_classes=object_classes,
             object_mask=obj_mask,
             inputs=batched_inputs,
+            word_embeddings=self.vl_bert.word_embeddings.weight,
+        )
+        return outputs, batch
+
+    def encode_text_only(self, batched_inputs, output_attentions=False):
+        """The transformer over text-only inputs: no visual elements; every word's visual
+        feature embedding is the learned ``pretrain_embeddings.text_only_visual``.
+
+        Returns:
+            (VLBertOutput, VLBertBatch)
+        """
+        pe = self.pretrain_embeddings
+        if pe is None or pe.text_only_visual is None:
+            raise ValueError("inputs without 'boxes' (text only) need MODEL.VLBERT.HEAD 'PretrainHead' "
+                             "with MODEL.VLBERT.PRETRAIN.TEXT_FRACTION > 0")
+        dev = self.device
+        num_choices = [x["input_ids"].shape[0] for x in batched_inputs]
+        B = len(batched_inputs)
+        input_ids = _pad_stack([x["input_ids"] for x in batched_inputs]).to(dev)
+        token_type_ids = _pad_stack([x["token_type_ids"] for x in batched_inputs]).to(dev)
+        text_mask = _pad_stack([x["text_mask"] for x in batched_inputs]).to(dev)
+        text_visual = pe.text_only_visual.expand(*input_ids.shape, -1)
+        outputs = self.vl_bert(input_ids, token_type_ids, text_mask, text_visual,
+                               output_attentions=output_attentions)
+        batch = VLBertBatch(
+            num_choices=num_choices,
+            seq_to_input=torch.repeat_interleave(torch.arange(B, device=dev), torch.tensor(num_choices, device=dev)),
+            labels=torch.tensor([int(x.get("label", -1)) for x in batched_inputs], device=dev),
+            object_classes=torch.zeros((B, 0), dtype=torch.long, device=dev),
+            object_mask=torch.zeros((B, 0), dtype=torch.long, device=dev),
+            inputs=batched_inputs, text_only=True,
+            word_embeddings=self.vl_bert.word_embeddings.weight,
         )
         return outputs, batch
 
     def forward(self, batched_inputs):
         """
         Returns:
-            dict[str, Tensor] of losses in training; in inference a list with, per input, the
-            head's result dict.
+            dict[str, Tensor] of losses in training (summed over the kinds of inputs); in
+            inference a list with, per input (in order), the head's result dict.
         """
-        outputs, batch = self.encode(batched_inputs)
-        return self.head(outputs, batch)
+        text_only = [i for i, x in enumerate(batched_inputs) if "boxes" not in x]
+        if not text_only:
+            return self.head(*self.encode(batched_inputs))
+        visual = [i for i, x in enumerate(batched_inputs) if "boxes" in x]
+        results = []
+        for group, encode in ((visual, self.encode), (text_only, self.encode_text_only)):
+            if group:
+                results.append((group, self.head(*encode([batched_inputs[i] for i in group]))))
+        if self.training:
+            losses = {}
+            for _, group_losses in results:
+                for k, v in group_losses.items():
+                    losses[k] = losses[k] + v if k in losses else v
+            return losses
+        ordered = [None] * len(batched_inputs)
+        for group, group_results in results:
+            for i, r in zip(group, group_results):
+                ordered[i] = r
+        return ordered
+
+
+class PretrainEmbeddings(nn.Module):
+    """The learned input vectors that only pre-training uses (official names in brackets).
+
+    Attributes:
+        mask_token: (H,) token embedding of a masked RoI, instead of [IMG]
+            (``object_mask_word_embedding``).
+        text_only_visual: (H,) visual feature embedding of every word of a text-only input
+            (``aux_text_visual_embedding``).
+        masked_feature: (C,) appearance feature of a masked RoI in precomputed-feature mode,
+            starting at zero (``object_mask_visual_embedding``).
+    """
+
+    def __init__(self, hidden_size, feature_dim, with_mask_token=True, with_text_only=True,
+                 with_masked_feature=False, std=0.02):
+        super().__init__()
+        self.mask_token = nn.Parameter(torch.randn(hidden_size) * std) if with_mask_token else None
+        self.text_only_visual = nn.Parameter(torch.randn(hidden_size) * std) if with_text_only else None
+        self.masked_feature = nn.Parameter(torch.zeros(feature_dim)) if with_masked_feature else None

@@ -76,7 +76,7 @@ class VisualLinguisticBert(nn.Module):
         return self.bert.embeddings.word_embeddings
 
     def forward(self, input_ids, token_type_ids, text_mask, text_visual=None,
-                object_visual=None, object_mask=None, output_attentions=False):
+                object_visual=None, object_mask=None, output_attentions=False, object_tokens=None):
         """
         Args:
             input_ids (LongTensor): (S, L) word-piece ids, [CLS] first, padded with anything.
@@ -87,6 +87,8 @@ class VisualLinguisticBert(nn.Module):
                 None for a text-only input (then no [IMG] or [END] element is added).
             object_mask (Tensor or None): (S, N) 1 for real RoIs.
             output_attentions (bool): also return the attention maps.
+            object_tokens (Tensor or None): (S, N, H) token embedding of each visual element
+                (pre-training puts a learned [MASK] token on masked RoIs); None: [IMG] for all.
 
         Returns:
             VLBertOutput
@@ -106,7 +108,8 @@ class VisualLinguisticBert(nn.Module):
                 object_mask = object_visual.new_ones((S, N))
             object_mask = object_mask.to(torch.long)
             text_len = text_mask.sum(dim=1, keepdim=True)  # (S, 1)
-            obj = self.img_embedding + self.visual_ln_object(object_visual)
+            tokens = self.img_embedding if object_tokens is None else object_tokens
+            obj = tokens + self.visual_ln_object(object_visual)
             end = self.end_embedding.expand(S, 1, -1)
             embeds = torch.cat([embeds, obj, end], dim=1)
             positions = torch.cat([positions, text_len.expand(S, N), text_len + 1], dim=1)

@@ -286,7 +286,7 @@ def _disk_usage(root):
 
 # Default output folder per --format: the folders that vlbert_d2.data registers.
 _DEFAULT_ROOTS = {"vcr": "datasets/synthetic_vcr", "vqa": "datasets/synthetic_vqa",
-                  "refcoco+": "datasets/synthetic_refcoco"}
+                  "refcoco+": "datasets/synthetic_refcoco", "captions": "datasets/synthetic_captions"}
 VCR_QUESTION_TYPES = ("color", "position", "size")
 
 
@@ -302,16 +302,19 @@ def _parse_counts(p, items, defaults):
 
 def main(argv=None):
     # Imported here: coco_tasks imports this module's helpers.
+    from .captions import CAPTION_FORMATS
     from .coco_tasks import FORMATS
 
     formats = {"vcr": (generate_vcr, ensure_synthetic_vcr, DEFAULT_COUNTS, VCR_QUESTION_TYPES,
-                       "question_types"), **FORMATS}
+                       "question_types"), **FORMATS, **CAPTION_FORMATS}
     p = argparse.ArgumentParser(
         prog="python -m vlbert_d2.data.synthetic",
         description="Write a deterministic synthetic dataset (colored balls, boxes and "
                     "kites) in the official VCR format: {train,val,test}.jsonl plus "
                     "vcr1images/<movie>/<name>.{jpg,json}; or, with --format, in the VQA v2 "
-                    "or RefCOCO+ (REFER) layout (see vlbert_d2/data/synthetic/coco_tasks.py).")
+                    "or RefCOCO+ (REFER) layout (see vlbert_d2/data/synthetic/coco_tasks.py), or "
+                    "pre-training captions in the Conceptual Captions layout plus a text corpus "
+                    "(vlbert_d2/data/synthetic/captions.py).")
     p.add_argument("--format", choices=list(formats), default="vcr",
                    help="dataset format (default: %(default)s)")
     p.add_argument("--root", default=None,
