@@ -104,7 +104,7 @@ def test_caption_loader_names_file_line_and_field(tmp_path):
     path = tmp_path / "train_frcnn.json"
     good = json.dumps({"image": "a.jpg", "caption": "a red ball", "frcnn": "a.json"})
     path.write_text(good + "\n{not json\n")
-    with pytest.raises(PretrainFormatError, match=r"train_frcnn.json:2: not valid JSON"):
+    with pytest.raises(PretrainFormatError, match=r"train_frcnn.json:2: malformed JSON"):
         load_conceptual_captions(str(path), str(tmp_path))
     path.write_text(good + "\n" + json.dumps({"image": "b.jpg", "caption": "x"}) + "\n")
     with pytest.raises(PretrainFormatError, match=r":2: missing field 'frcnn'"):

@@ -106,3 +106,27 @@ def read_json_any(path, format_error, what, bad="malformed JSON"):
         return json.loads(data.decode("utf-8"))
     except (json.JSONDecodeError, UnicodeDecodeError) as e:
         raise format_error(f"{path}: {bad} ({e})") from None
+
+
+def iter_json_lines(path, format_error, required=(), skip_blank=False):
+    """Yield ``(source, record)`` for each line of a JSON-lines file, ``source`` being
+    ``"path:line"``; a line that is not a JSON object with the ``required`` fields raises
+    ``format_error`` naming the file, the line and the field. Blank lines are skipped when
+    ``skip_blank``, else an error."""
+    with open(path, encoding="utf-8") as f:
+        for lineno, line in enumerate(f, start=1):
+            source = f"{path}:{lineno}"
+            if not line.strip():
+                if skip_blank:
+                    continue
+                raise format_error(f"{source}: empty line")
+            try:
+                record = json.loads(line)
+            except json.JSONDecodeError as e:
+                raise format_error(f"{source}: malformed JSON ({e})") from None
+            if not isinstance(record, dict):
+                raise format_error(f"{source}: a line must be a JSON object, got {type(record).__name__}")
+            for field in required:
+                if field not in record:
+                    raise format_error(f"{source}: missing field '{field}'")
+            yield source, record

@@ -17,14 +17,13 @@ line. Consecutive lines are joined until a sample has ``min_words`` words (as th
 ``GeneralCorpus`` joins the following lines up to 64 tokens); the mapper then keeps at most
 ``MODEL.VLBERT.PRETRAIN.TEXT_MAX_LEN`` word pieces.
 """
-import json
 import logging
 import os
 import re
 
 from detectron2.data import DatasetCatalog, MetadataCatalog
 
-from ...utils.files import ZIP_SEPARATOR
+from ...utils.files import ZIP_SEPARATOR, iter_json_lines
 
 logger = logging.getLogger(__name__)
 
@@ -61,41 +60,27 @@ def load_conceptual_captions(json_file, root):
     """
     records = []
     resolved = {}  # archive prefix -> resolution, so a 3M-line file costs 3M string ops, not stats
-    with open(json_file, encoding="utf-8") as f:
-        for lineno, line in enumerate(f, 1):
-            if not line.strip():
-                continue
-            source = f"{json_file}:{lineno}"
-            try:
-                rec = json.loads(line)
-            except json.JSONDecodeError as e:
-                raise PretrainFormatError(f"{source}: not valid JSON ({e})") from None
-            if not isinstance(rec, dict):
-                raise PretrainFormatError(f"{source}: expected a JSON object, got {type(rec).__name__}")
-            for key in CAPTION_FIELDS:
-                if key not in rec:
-                    raise PretrainFormatError(f"{source}: missing field '{key}'")
-            caption = rec["caption"]
-            if isinstance(caption, list) and all(isinstance(w, str) for w in caption):
-                caption = " ".join(caption)
-            if not isinstance(caption, str) or not caption.strip():
-                raise PretrainFormatError(f"{source}: field 'caption' must be a non-empty string or "
-                                          f"list of words, got {rec['caption']!r}")
-            paths = {}
-            for key in ("image", "frcnn"):
-                rel = rec[key]
-                if not isinstance(rel, str) or not rel:
-                    raise PretrainFormatError(f"{source}: field '{key}' must be a path, got {rel!r}")
-                prefix = rel.split(ZIP_SEPARATOR, 1)[0] if ZIP_SEPARATOR in rel else None
-                if prefix is None:
-                    paths[key] = os.path.join(root, rel)
-                else:
-                    if prefix not in resolved:
-                        resolved[prefix] = os.path.isfile(os.path.join(root, prefix + ".zip"))
-                    paths[key] = (os.path.join(root, rel) if resolved[prefix]
-                                  else resolve_zip_or_folder(root, rel))
-            records.append({"file_name": paths["image"], "detection_file": paths["frcnn"],
-                            "caption": caption, "image_id": len(records), "source": source})
+    for source, rec in iter_json_lines(json_file, PretrainFormatError, CAPTION_FIELDS, skip_blank=True):
+        caption = rec["caption"]
+        if isinstance(caption, list) and all(isinstance(w, str) for w in caption):
+            caption = " ".join(caption)
+        if not isinstance(caption, str) or not caption.strip():
+            raise PretrainFormatError(f"{source}: field 'caption' must be a non-empty string or "
+                                      f"list of words, got {rec['caption']!r}")
+        paths = {}
+        for key in ("image", "frcnn"):
+            rel = rec[key]
+            if not isinstance(rel, str) or not rel:
+                raise PretrainFormatError(f"{source}: field '{key}' must be a path, got {rel!r}")
+            prefix = rel.split(ZIP_SEPARATOR, 1)[0] if ZIP_SEPARATOR in rel else None
+            if prefix is None:
+                paths[key] = os.path.join(root, rel)
+            else:
+                if prefix not in resolved:
+                    resolved[prefix] = os.path.isfile(os.path.join(root, prefix + ".zip"))
+                paths[key] = os.path.join(root, rel) if resolved[prefix] else resolve_zip_or_folder(root, rel)
+        records.append({"file_name": paths["image"], "detection_file": paths["frcnn"],
+                        "caption": caption, "image_id": len(records), "source": source})
     return records
 
 

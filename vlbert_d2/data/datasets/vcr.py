@@ -21,6 +21,8 @@ from detectron2.data import DatasetCatalog, MetadataCatalog
 from detectron2.data.datasets.builtin_meta import COCO_CATEGORIES
 from detectron2.utils.logger import log_first_n
 
+from ...utils.files import iter_json_lines
+
 logger = logging.getLogger(__name__)
 
 # VCR's objects are named with the COCO thing classes, written without spaces ("diningtable").
@@ -85,67 +87,54 @@ def load_vcr_jsonl(jsonl_file, image_root, class_names=VCR_CLASSES, require_labe
     """
     class_index = {name: i for i, name in enumerate(class_names)}
     dicts, seen = [], {}
-    with open(jsonl_file, encoding="utf-8") as f:
-        for lineno, line in enumerate(f, start=1):
-            where = f"{jsonl_file}:{lineno}"
-            if not line.strip():
-                raise VCRFormatError(f"{where}: empty line")
-            try:
-                record = json.loads(line)
-            except json.JSONDecodeError as e:
-                raise VCRFormatError(f"{where}: malformed JSON ({e})") from None
-            if not isinstance(record, dict):
-                raise VCRFormatError(f"{where}: a line must be a JSON object")
-            for field in _REQUIRED:
-                if field not in record:
-                    raise VCRFormatError(f"{where}: missing field '{field}'")
-            objects = record["objects"]
-            if not isinstance(objects, list) or not all(isinstance(o, str) for o in objects):
-                raise VCRFormatError(f"{where}: field 'objects' must be a list of class names")
-            classes = []
-            for i, name in enumerate(objects):
-                if name not in class_index:
-                    raise VCRFormatError(f"{where}: field 'objects[{i}]' is '{name}', not one of the "
-                                         f"{len(class_names)} known classes")
-                classes.append(class_index[name])
-            _check_tokens(record["question"], len(objects), where, "question")
-            for field in ("answer_choices", "rationale_choices"):
-                choices = record[field]
-                if not isinstance(choices, list) or len(choices) != NUM_CHOICES:
-                    n = len(choices) if isinstance(choices, list) else type(choices).__name__
-                    raise VCRFormatError(f"{where}: field '{field}' must hold {NUM_CHOICES} choices, got {n}")
-                for k, choice in enumerate(choices):
-                    _check_tokens(choice, len(objects), where, f"{field}[{k}]")
-            answer_label = _check_label(record, "answer_label", where, require_labels)
-            rationale_label = _check_label(record, "rationale_label", where, require_labels)
-            paths = {}
-            for field in ("img_fn", "metadata_fn", "annot_id"):
-                if not isinstance(record[field], str):
-                    raise VCRFormatError(f"{where}: field '{field}' must be a string, got {record[field]!r}")
-            if record["annot_id"] in seen:
-                raise VCRFormatError(f"{where}: field 'annot_id': '{record['annot_id']}' already used at "
-                                     f"line {seen[record['annot_id']]}")
-            seen[record["annot_id"]] = lineno
-            for field in ("img_fn", "metadata_fn"):
-                path = os.path.join(image_root, record[field])
-                if not os.path.isfile(path):
-                    raise FileNotFoundError(f"{where}: field '{field}': file not found: {path}")
-                paths[field] = path
-            dicts.append({
-                "file_name": paths["img_fn"],
-                "img_fn": record["img_fn"],
-                "metadata_file": paths["metadata_fn"],
-                "image_id": record["annot_id"],
-                "annot_id": record["annot_id"],
-                "objects": objects,
-                "object_classes": classes,
-                "question": record["question"],
-                "answer_choices": record["answer_choices"],
-                "rationale_choices": record["rationale_choices"],
-                "answer_label": answer_label,
-                "rationale_label": rationale_label,
-                "source": where,
-            })
+    for where, record in iter_json_lines(jsonl_file, VCRFormatError, _REQUIRED):
+        objects = record["objects"]
+        if not isinstance(objects, list) or not all(isinstance(o, str) for o in objects):
+            raise VCRFormatError(f"{where}: field 'objects' must be a list of class names")
+        classes = []
+        for i, name in enumerate(objects):
+            if name not in class_index:
+                raise VCRFormatError(f"{where}: field 'objects[{i}]' is '{name}', not one of the "
+                                     f"{len(class_names)} known classes")
+            classes.append(class_index[name])
+        _check_tokens(record["question"], len(objects), where, "question")
+        for field in ("answer_choices", "rationale_choices"):
+            choices = record[field]
+            if not isinstance(choices, list) or len(choices) != NUM_CHOICES:
+                n = len(choices) if isinstance(choices, list) else type(choices).__name__
+                raise VCRFormatError(f"{where}: field '{field}' must hold {NUM_CHOICES} choices, got {n}")
+            for k, choice in enumerate(choices):
+                _check_tokens(choice, len(objects), where, f"{field}[{k}]")
+        answer_label = _check_label(record, "answer_label", where, require_labels)
+        rationale_label = _check_label(record, "rationale_label", where, require_labels)
+        paths = {}
+        for field in ("img_fn", "metadata_fn", "annot_id"):
+            if not isinstance(record[field], str):
+                raise VCRFormatError(f"{where}: field '{field}' must be a string, got {record[field]!r}")
+        if record["annot_id"] in seen:
+            raise VCRFormatError(f"{where}: field 'annot_id': '{record['annot_id']}' already used at "
+                                 f"line {seen[record['annot_id']]}")
+        seen[record["annot_id"]] = where.rsplit(":", 1)[1]
+        for field in ("img_fn", "metadata_fn"):
+            path = os.path.join(image_root, record[field])
+            if not os.path.isfile(path):
+                raise FileNotFoundError(f"{where}: field '{field}': file not found: {path}")
+            paths[field] = path
+        dicts.append({
+            "file_name": paths["img_fn"],
+            "img_fn": record["img_fn"],
+            "metadata_file": paths["metadata_fn"],
+            "image_id": record["annot_id"],
+            "annot_id": record["annot_id"],
+            "objects": objects,
+            "object_classes": classes,
+            "question": record["question"],
+            "answer_choices": record["answer_choices"],
+            "rationale_choices": record["rationale_choices"],
+            "answer_label": answer_label,
+            "rationale_label": rationale_label,
+            "source": where,
+        })
     logger.info("Loaded %d VCR annotations from %s", len(dicts), jsonl_file)
     return dicts
 
