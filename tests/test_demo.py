@@ -104,3 +104,67 @@ def test_vcr_region_references():
         demo.vcr_tokens("[3]", 3, "--choices")
     with pytest.raises(SystemExit, match="not a region reference"):
         demo.vcr_tokens("[a]", 3, "--choices")
+
+
+# --- regions from the bottom-up-attention detector (projects/BottomUpAttention) ---
+
+def _detector_pkl(scene):
+    """A tiny random detector (calibrated so that its regions vary) saved in the public format."""
+    import pickle
+
+    import torch
+
+    sys.path.insert(0, os.path.join(REPO, "projects", "BottomUpAttention"))
+    import bua
+    from bua.testing import TINY_OPTS, calibrate_frozen_norms
+
+    config = os.path.join(REPO, "projects", "BottomUpAttention", "configs", "BUA-R101-C4-VG.yaml")
+    torch.manual_seed(0)
+    det = calibrate_frozen_norms(bua.RegionDetector(bua.setup_detector_cfg(config, "", TINY_OPTS)),
+                                 [cv2.imread(str(scene / "scene.jpg"))])
+    path = scene / "tiny_detector.pkl"
+    with open(path, "wb") as f:
+        pickle.dump({"model": {k: v.numpy() for k, v in det.model.state_dict().items()}}, f)
+    return path, " ".join(TINY_OPTS)
+
+
+def test_demo_with_detector_regions(scene, tmp_path, capsys):
+    from vlbert_d2.data.detections import read_detection
+
+    weights, opts = _detector_pkl(scene)
+    out = tmp_path / "out"
+    # In-process (the subprocess runs above cover the command line itself).
+    _load_demo().main(["--config-file", CONFIGS["vqa"], "--weights", str(_checkpoint("vqa", scene)),
+                       "--input", str(scene / "scene.jpg"), "--question", "how many objects are there?",
+                       "--detector-weights", str(weights),
+                       "--detector-opts", opts + " MODEL.BUA.MIN_BOXES 4 MODEL.BUA.MAX_BOXES 4",
+                       "--output", str(out), "--draw-size", "320"])
+    summary = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert summary["answer"] in ("2", "3", "left", "right")
+    det = read_detection(str(out / "scene_detections.json"))
+    assert det["boxes"].shape == (4, 4) and (det["image_w"], det["image_h"]) == (160, 96)
+    assert str(out / "scene_detections.json") in summary["written"]
+    big = np.repeat(np.repeat(cv2.imread(str(scene / "scene.jpg")), 2, axis=0), 2, axis=1)
+    answer = cv2.imread(str(out / "scene_answer.png"))
+    assert answer.shape == big.shape and np.abs(answer.astype(int) - big).mean() > 1.0
+    heat = cv2.imread(str(out / "scene_heatmap_L1.png"))  # 2 layers: the last one by default
+    assert heat is not None and heat.std() > 10
+
+
+def _load_demo():
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("vlbert_demo", os.path.join(REPO, "tools", "demo.py"))
+    demo = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(demo)
+    return demo
+
+
+def test_demo_regions_from_one_source(scene, capsys):
+    demo = _load_demo()
+    common = ["--config-file", CONFIGS["vqa"], "--weights", "w.pth", "--input", str(scene / "scene.jpg"),
+              "--question", "q?"]
+    for extra in ([], ["--boxes", "b.json", "--detector-weights", "d.pkl"]):
+        with pytest.raises(SystemExit):
+            demo.main(common + extra)
+        assert "give the regions: --boxes, or the detector" in capsys.readouterr().err

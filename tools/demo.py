@@ -6,17 +6,26 @@
         --weights output/tiny_synthetic_vqa/model_final.pth --input image.jpg \\
         --question "how many objects are there?" --boxes image_detections.json --output demo_out
     # VCR (Q->A): the chosen answer and the objects it mentions; [k] refers to region k
-    python tools/demo.py --config-file configs/quick_schedules/VLBERT-Tiny-SyntheticVCR.yaml \
-        --weights output/tiny_synthetic_vcr/model_final.pth --input image.jpg --boxes boxes.json \
+    python tools/demo.py --config-file configs/quick_schedules/VLBERT-Tiny-SyntheticVCR.yaml \\
+        --weights output/tiny_synthetic_vcr/model_final.pth --input image.jpg --boxes boxes.json \\
         --objects ball box kite --question "which object is the biggest ?" --choices "[0]" "[1]" "[2]"
     # RefCOCO+: the referred region
     python tools/demo.py --config-file "configs/quick_schedules/VLBERT-Tiny-SyntheticRefCOCO+.yaml" \\
         --weights "output/tiny_synthetic_refcoco+/model_final.pth" --input image.jpg \\
         --expression "the biggest one" --boxes boxes.json --output demo_out
 
+    # regions found by the bottom-up-attention detector instead of given boxes
+    python tools/demo.py --config-file configs/quick_schedules/VLBERT-Tiny-SyntheticVQA.yaml \\
+        --weights output/tiny_synthetic_vqa/model_final.pth --input image.jpg \\
+        --question "how many objects are there?" --detector-weights faster_rcnn_from_caffe_attr.pkl \\
+        --detector-opts "MODEL.BUA.MAX_BOXES 20"
+
 --boxes is a detection JSON of the bottom-up-attention format (as the VQA loader reads) or a JSON
 list of [x1, y1, x2, y2] in the image's pixels; with a folder of images, a folder holding
-``<image stem>.json`` per image. Writes per image ``<stem>_answer.png`` and, for the chosen
+``<image stem>.json`` per image. Or the regions come from the detector of
+projects/BottomUpAttention (--detector-weights, --detector-config, --detector-opts; the same code
+as tools/extract_regions.py), and are also written as ``<stem>_detections.json`` (usable as
+--boxes). Writes per image ``<stem>_answer.png`` and, for the chosen
 layers, ``<stem>_attention_L<l>.png`` (lines from the words to the regions, as the paper's
 Figure 3, weights rescaled per layer) and ``<stem>_heatmap_L<l>.png`` (text-to-region attention
 per head).
@@ -42,6 +51,8 @@ from vlbert_d2.utils.visualization import (draw_attention_heatmap, draw_attentio
                                            draw_prediction, text_to_region_attention)
 
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp")
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+DETECTOR_CONFIG = os.path.join(REPO, "projects", "BottomUpAttention", "configs", "BUA-R101-C4-VG.yaml")
 
 
 def setup_cfg(args):
@@ -81,6 +92,44 @@ def read_boxes(path, width, height):
     return boxes
 
 
+def build_detector(args):
+    """The bottom-up-attention detector of projects/BottomUpAttention (None with --boxes)."""
+    if args.detector_config is None and args.detector_weights is None:
+        return None
+    sys.path.insert(0, os.path.join(REPO, "projects", "BottomUpAttention"))
+    from bua import RegionDetector, setup_detector_cfg
+
+    weights = args.detector_weights or ""
+    if weights == "none":
+        weights = ""  # random weights: tests and trials only
+    elif not weights:
+        raise SystemExit("--detector-config needs --detector-weights (faster_rcnn_from_caffe_attr.pkl; "
+                         "'none': random weights)")
+    elif not os.path.isfile(weights):
+        raise SystemExit(f"--detector-weights: file not found: {weights}")
+    try:
+        cfg = setup_detector_cfg(args.detector_config or DETECTOR_CONFIG, weights, args.detector_opts or "",
+                                 args.device)
+        return RegionDetector(cfg)
+    except (ValueError, KeyError) as e:
+        raise SystemExit(f"detector: {e}") from None
+
+
+def detect_boxes(detector, image_bgr, path, args):
+    """(N, 4) float32 boxes the detector finds; also written as <stem>_detections.json."""
+    from bua import detection_record
+    from vlbert_d2.data.detections import write_detection
+
+    regions = detector([image_bgr], image_format="BGR")[0]
+    if len(regions) == 0:
+        raise SystemExit(f"{path}: the detector found no region")
+    h, w = image_bgr.shape[:2]
+    stem = os.path.splitext(os.path.basename(path))[0]
+    out = os.path.join(args.output, f"{stem}_detections.json")
+    write_detection(out, detection_record(stem, w, h, regions))
+    return regions.pred_boxes.tensor.numpy().astype(np.float32), out
+
+
 def vcr_tokens(text, num_objects, what):
     """A VCR token list from text where "[k]" (or "[k,j]") names region k: "what is [0] doing ?"."""
     tokens = []
@@ -113,15 +162,23 @@ def build_input(cfg, mapper, image_bgr, boxes, text, objects=None, choices=None)
     return x
 
 
-def run_one(model, cfg, mapper, path, boxes_path, text, args):
+def run_one(model, cfg, mapper, path, boxes_path, text, args, detector=None):
     image_bgr = utils.read_image(path, format=cfg.INPUT.FORMAT)
     h, w = image_bgr.shape[:2]
-    boxes = read_boxes(boxes_path, w, h)
+    os.makedirs(args.output, exist_ok=True)
+    written = []
+    if detector is not None:
+        as_bgr = image_bgr[:, :, ::-1] if cfg.INPUT.FORMAT == "RGB" else image_bgr
+        boxes, detections = detect_boxes(detector, np.ascontiguousarray(as_bgr), path, args)
+        written.append(detections)
+    else:
+        boxes = read_boxes(boxes_path, w, h)
     objects = None
     if args.choices is not None:
         objects = args.objects or ["object"] * len(boxes)
         if len(objects) != len(boxes):
-            raise SystemExit(f"--objects: {len(objects)} names for {len(boxes)} boxes")
+            raise SystemExit(f"--objects: {len(objects)} names for {len(boxes)} boxes"
+                             + (" (found by the detector)" if detector is not None else ""))
     x = build_input(cfg, mapper, image_bgr, boxes, text, objects, args.choices)
     with torch.no_grad():
         outputs, batch = model.encode([x], output_attentions=True)
@@ -133,8 +190,6 @@ def run_one(model, cfg, mapper, path, boxes_path, text, args):
         image_rgb = np.repeat(np.repeat(image_rgb, factor, axis=0), factor, axis=1)
     shown = boxes * factor
     stem = os.path.splitext(os.path.basename(path))[0]
-    os.makedirs(args.output, exist_ok=True)
-    written = []
 
     head = cfg.MODEL.VLBERT.HEAD
     sequence = 0  # the text sequence whose attention is drawn (VCR: the chosen answer's)
@@ -207,9 +262,15 @@ def main(argv=None):
     text = p.add_mutually_exclusive_group(required=True)
     text.add_argument("--question", help="VQA question, or VCR question (with --choices)")
     text.add_argument("--expression", help="RefCOCO+ referring expression")
-    p.add_argument("--boxes", required=True,
+    p.add_argument("--boxes",
                    help="regions: a detection JSON or a list of [x1, y1, x2, y2] (a folder of "
-                        "<stem>.json with a folder of images). The bottom-up detector is not built yet.")
+                        "<stem>.json with a folder of images); or use the detector (below)")
+    det = p.add_argument_group("regions from the bottom-up-attention detector (instead of --boxes)")
+    det.add_argument("--detector-weights", help="faster_rcnn_from_caffe_attr.pkl (or a detectron2 .pth); "
+                     "'none': random weights (tests)")
+    det.add_argument("--detector-config", help=f"detector config (default: {os.path.relpath(DETECTOR_CONFIG, REPO)})")
+    det.add_argument("--detector-opts", help='detector config overrides in one string, e.g. '
+                     '"MODEL.BUA.MAX_BOXES 20 MODEL.BUA.SCORE_THRESH 0.3"')
     p.add_argument("--choices", nargs="+", help="VCR answer choices; [k] in them and in the question "
                    "refers to region k of --boxes")
     p.add_argument("--objects", nargs="+", help="VCR: the class name of each region (default: 'object')")
@@ -222,27 +283,35 @@ def main(argv=None):
     p.add_argument("--device", default="cpu")
     p.add_argument("opts", nargs=argparse.REMAINDER, help="config overrides (KEY VALUE ...)")
     args = p.parse_args(argv)
+    use_detector = args.detector_weights is not None or args.detector_config is not None
+    if use_detector == (args.boxes is not None):
+        p.error("give the regions: --boxes, or the detector (--detector-weights), not both")
 
     cfg = setup_cfg(args)
     model = build_model(cfg)
     VLBertCheckpointer(model).load(cfg.MODEL.WEIGHTS)
     model.eval()
     mapper = build_vlbert_mapper(cfg, is_train=False)
+    detector = build_detector(args)
     text_in = args.question if args.question is not None else args.expression
     if os.path.isdir(args.input):
         images = sorted(os.path.join(args.input, f) for f in os.listdir(args.input)
                         if f.lower().endswith(IMAGE_EXTENSIONS))
         if not images:
             raise SystemExit(f"--input: no image in {args.input}")
-        if not os.path.isdir(args.boxes):
+        if detector is not None:
+            pairs = [(im, None) for im in images]
+        elif not os.path.isdir(args.boxes):
             raise SystemExit("--boxes: with a folder of images, give a folder of <stem>.json")
-        pairs = [(im, os.path.join(args.boxes, os.path.splitext(os.path.basename(im))[0] + ".json")) for im in images]
+        else:
+            pairs = [(im, os.path.join(args.boxes, os.path.splitext(os.path.basename(im))[0] + ".json"))
+                     for im in images]
     else:
         pairs = [(args.input, args.boxes)]
     for image, boxes in pairs:
         if not os.path.isfile(image):
             raise SystemExit(f"--input: image not found: {image}")
-        summary, written = run_one(model, cfg, mapper, image, boxes, text_in, args)
+        summary, written = run_one(model, cfg, mapper, image, boxes, text_in, args, detector)
         print(json.dumps({"image": image, **summary, "written": written}))
 
 
