@@ -57,7 +57,7 @@ def main(argv=None):
     p.add_argument("--fraction", type=float, default=0.1,
                    help="share of the synthetic VQA training questions used for fine-tuning (default: 0.1)")
     p.add_argument("--finetune-iters", type=int, default=150, help="fine-tuning iterations (default: 150)")
-    p.add_argument("--pretrain-iters", type=int, default=400, help="pre-training iterations (default: 400)")
+    p.add_argument("--pretrain-iters", type=int, default=600, help="pre-training iterations (default: 600)")
     p.add_argument("--out", default="output/pretrain_ablation", help="output folder (default: %(default)s)")
     args = p.parse_args(argv)
 

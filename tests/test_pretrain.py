@@ -506,3 +506,25 @@ def test_precomputed_features_mask_rois_with_a_learned_vector(tmp_path):
     for k, is_masked in enumerate(masked.tolist()):
         expected = torch.full((2048,), 3.0) if is_masked else out["features"][k]
         assert torch.equal(seen["appearance"][k], expected)
+
+
+def test_synthetic_captions_state_what_the_detections_show(captions_root, tmp_path):
+    """Every caption's object count and side counts agree with its detection file; the same seed
+    writes the same files."""
+    from vlbert_d2.data.datasets.pretrain import load_conceptual_captions
+    from vlbert_d2.data.detections import read_detection
+    from vlbert_d2.data.synthetic.captions import generate_captions
+
+    words = {"one": 1, "two": 2, "three": 3, "four": 4, "five": 5, "no": 0, "none": 0}
+    for d in load_conceptual_captions(str(captions_root / "train_frcnn.json"), str(captions_root)):
+        det = read_detection(d["detection_file"])
+        n, w = len(det["boxes"]), det["image_w"]
+        tokens = d["caption"].split()
+        assert words[tokens[2]] == n and tokens[3].startswith("object")
+        left = int(((det["boxes"][:, 0] + det["boxes"][:, 2]) / 2 < w / 2).sum())
+        assert (words[tokens[7]], words[tokens[12]]) == (left, n - left)
+        assert det["classes"].shape == (n, 4)
+    again = tmp_path / "again"
+    generate_captions(str(again), counts={"train": 12, "val": 4}, seed=3)
+    for name in ("train_frcnn.json", "train_frcnn.zip", "train_image.zip", "corpus_train.txt"):
+        assert (again / name).read_bytes() == (captions_root / name).read_bytes(), name

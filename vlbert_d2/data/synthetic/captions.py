@@ -1,8 +1,8 @@
 """Synthetic pre-training data: captions in the Conceptual Captions layout, and a text corpus.
 
 The scenes are those of the other synthetic datasets (colored balls, boxes and kites). Each
-caption states facts that need the image (how many objects, how many on each side, where the
-biggest one is and what it is), so that masked language modelling with visual clues has
+caption states facts that need the image (how many objects and how many on each side, always;
+then where the biggest one is or what it is), so that masked language modelling with visual clues has
 something to learn from the visual side. Layout under ``root`` (that of the official
 preparation, images and detections inside uncompressed zip archives)::
 
@@ -47,8 +47,16 @@ def _sentence(ctype, objects, width, height):
     raise ValueError(f"unknown caption type {ctype!r}")
 
 
+# Sentences every caption has (when among the types): the facts that need all the regions. Then
+# one more of the other types, drawn.
+_ALWAYS = ("count", "sides")
+
+
 def _caption(rng, objects, width, height, types):
-    chosen = [types[k] for k in sorted(rng.permutation(len(types))[: min(2, len(types))])]
+    chosen = [t for t in _ALWAYS if t in types]
+    others = [t for t in types if t not in _ALWAYS]
+    if others:
+        chosen.append(others[int(rng.integers(len(others)))])
     return " ".join(_sentence(t, objects, width, height) for t in chosen)
 
 
@@ -58,7 +66,8 @@ def _write_zip(path, members):
     # seeking (vlbert_d2.utils.files.read_bytes).
     with zipfile.ZipFile(tmp, "w", compression=zipfile.ZIP_STORED) as z:
         for name, data in members:
-            z.writestr(name, data)
+            # A fixed timestamp: the same seed gives byte-identical archives.
+            z.writestr(zipfile.ZipInfo(name, date_time=(1980, 1, 1, 0, 0, 0)), data)
     os.replace(tmp, path)
 
 
@@ -100,7 +109,8 @@ def generate_captions(root, counts=None, seed=0, image_size=(192, 128), caption_
         counts: ``{"train": n, "val": n}`` images (missing splits: :data:`CAPTION_DEFAULT_COUNTS`).
         seed: same seed, same files.
         image_size: ``(width, height)``.
-        caption_types: sentences a caption draws two of (:data:`CAPTION_TYPES`).
+        caption_types: the sentences of a caption (:data:`CAPTION_TYPES`): "count" and "sides"
+            when given, plus one drawn from the others.
 
     Returns:
         ``{split: num_images}``.
