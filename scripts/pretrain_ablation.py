@@ -87,17 +87,26 @@ def main(argv=None):
 
     summary = {}
     for init in ("pretrained", "bert_only"):
-        accs = [r["vqa_accuracy"] for r in results["runs"].values() if r["init"] == init]
+        runs = [r for r in results["runs"].values() if r["init"] == init]
+        accs = [r["vqa_accuracy"] for r in runs]
         summary[init] = {"mean": statistics.mean(accs), "std": statistics.stdev(accs) if len(accs) > 1 else 0.0,
                          "per_seed": accs}
+        for kind in ("number", "yes/no", "other"):  # count, "more than 3?", "which side has more?"
+            summary[init][kind] = statistics.mean(r["metrics"][kind] for r in runs)
+    wins = sum(results["runs"][f"pretrained_seed{s}"]["vqa_accuracy"] > results["runs"][f"bert_only_seed{s}"]["vqa_accuracy"]
+               for s in args.seeds)
+    summary["pretrained_better_seeds"] = wins
     results["summary"] = summary
     with open(os.path.join(out, "results.json"), "w") as f:
         json.dump(results, f, indent=2)
-    print("\n| initialisation | " + " | ".join(f"seed {s}" for s in args.seeds) + " | mean ± std |")
-    print("|---|" + "---|" * len(args.seeds) + "---|")
+    print("\n| initialisation | " + " | ".join(f"seed {s}" for s in args.seeds)
+          + " | mean ± std | number | yes/no | other |")
+    print("|---|" + "---|" * len(args.seeds) + "---|---|---|---|")
     for init, name in (("pretrained", "synthetic pre-training"), ("bert_only", "BERT only")):
         s = summary[init]
-        print(f"| {name} | " + " | ".join(f"{a:.2f}" for a in s["per_seed"]) + f" | {s['mean']:.2f} ± {s['std']:.2f} |")
+        print(f"| {name} | " + " | ".join(f"{a:.2f}" for a in s["per_seed"]) + f" | {s['mean']:.2f} ± {s['std']:.2f}"
+              f" | {s['number']:.2f} | {s['yes/no']:.2f} | {s['other']:.2f} |")
+    print(f"\npre-training better on {wins} of {len(args.seeds)} seeds")
     print(f"\nresults: {os.path.join(out, 'results.json')}")
 
 

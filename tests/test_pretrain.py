@@ -405,7 +405,8 @@ def test_pretrain_iterations_then_fine_tune_from_the_checkpoint(captions_root, t
     start from the MLM and masked-RoI transforms."""
     data_root = captions_root.parent
     out = tmp_path / "pretrain"
-    opts = COMMON + ["SOLVER.IMS_PER_BATCH", "4"]
+    # (MVRC_PROB 0.5 so that the 4 validation images surely have chosen RoIs to score.)
+    opts = COMMON + ["SOLVER.IMS_PER_BATCH", "4", "MODEL.VLBERT.PRETRAIN.MVRC_PROB", "0.5"]
     train = run(["--config-file", TINY_PRETRAIN] + opts +
                 ["SOLVER.MAX_ITER", "3", "TEST.EVAL_PERIOD", "3", "OUTPUT_DIR", str(out)], data_root)
     assert train.returncode == 0, train.stderr[-3000:]
