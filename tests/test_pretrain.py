@@ -529,3 +529,21 @@ def test_synthetic_captions_state_what_the_detections_show(captions_root, tmp_pa
     generate_captions(str(again), counts={"train": 12, "val": 4}, seed=3)
     for name in ("train_frcnn.json", "train_frcnn.zip", "train_image.zip", "corpus_train.txt"):
         assert (again / name).read_bytes() == (captions_root / name).read_bytes(), name
+
+
+def test_caption_only_batches_keep_every_parameter_in_the_graph(captions_root):
+    """Pre-training without text in a batch: every parameter still gets a gradient (zero for the
+    text-only vector), as DistributedDataParallel requires."""
+    from detectron2.modeling import build_model
+
+    from vlbert_d2.data.datasets.pretrain import load_conceptual_captions
+
+    cfg = pretrain_cfg(MODEL__VLBERT__PRETRAIN__MVRC_PROB=0.5)
+    model = build_model(cfg).train()
+    m = mapper(cfg, is_train=False)
+    inputs = [m(d) for d in load_conceptual_captions(str(captions_root / "val_frcnn.json"), str(captions_root))]
+    sum(model(inputs).values()).backward()
+    no_grad = [n for n, p in model.named_parameters() if p.requires_grad and p.grad is None]
+    assert no_grad == []
+    assert torch.equal(model.pretrain_embeddings.text_only_visual.grad, torch.zeros_like(
+        model.pretrain_embeddings.text_only_visual))

@@ -337,3 +337,32 @@ def test_refcoco_annotation_of_another_image(ref_root, tmp_path):
         pickle.dump(bad, f, protocol=2)
     with pytest.raises(RefCOCOFormatError, match="belongs to image"):
         load_refcoco(str(path), inst, images, "val")
+
+
+@pytest.mark.parametrize("task", ["vqa", "refcoco"])
+def test_training_step_gives_every_parameter_a_gradient(vqa_root, ref_root, task):
+    """The VQA and RefCOCO+ heads do not read BERT's pooler; it still gets a (zero) gradient, so
+    DistributedDataParallel training does not stop on an unused parameter."""
+    from detectron2.modeling import build_model
+
+    from vlbert_d2.data.refcoco_mapper import RefCOCODatasetMapper
+    from vlbert_d2.modeling.bert import build_tokenizer
+
+    if task == "vqa":
+        d = _load(vqa_root)[0]
+        vocab = sorted(d["answer_scores"]) + ["left", "right"]
+        vocab_file = os.path.join(vqa_root, "test_vocab.txt")
+        with open(vocab_file, "w") as f:
+            f.write("\n".join(vocab) + "\n")
+        cfg = make_cfg(MODEL__VLBERT__HEAD="VQAHead", MODEL__VLBERT__VQA__ANSWER_VOCAB=vocab_file)
+        inputs = [_vqa_mapper(vocab)(d)]
+    else:
+        refs, inst, images = _ref_paths(ref_root)
+        d = load_refcoco(refs, inst, images, "val")[0]
+        cfg = make_cfg(MODEL__VLBERT__HEAD="RefCOCOHead")
+        inputs = [RefCOCODatasetMapper(True, tokenizer=build_tokenizer(cfg), augmentations=[],
+                                       image_format="BGR", max_text_len=16)(d)]
+    model = build_model(cfg).train()
+    sum(model(inputs).values()).backward()
+    assert [n for n, p in model.named_parameters() if p.requires_grad and p.grad is None] == []
+    assert model.vl_bert.bert.pooler.dense.weight.grad.abs().sum() == 0

@@ -245,6 +245,15 @@ class VLBERT(nn.Module):
         )
         return outputs, batch
 
+    def _run_head(self, outputs, batch):
+        out = self.head(outputs, batch)
+        if self.training and out:
+            # Heads that do not read BERT's pooler (VQA, RefCOCO+, pre-training) keep it in the
+            # graph with a zero gradient: DistributedDataParallel expects one for every parameter.
+            key = next(iter(out))
+            out[key] = out[key] + 0.0 * outputs.pooled.sum()
+        return out
+
     def forward(self, batched_inputs):
         """
         Returns:
@@ -253,12 +262,19 @@ class VLBERT(nn.Module):
         """
         text_only = [i for i, x in enumerate(batched_inputs) if "boxes" not in x]
         if not text_only:
-            return self.head(*self.encode(batched_inputs))
+            out = self._run_head(*self.encode(batched_inputs))
+            pe = self.pretrain_embeddings
+            if self.training and pe is not None and pe.text_only_visual is not None and out:
+                # No text-only input in this batch: keep the vector in the graph with a zero
+                # gradient (DistributedDataParallel expects every parameter to get one).
+                key = next(iter(out))
+                out[key] = out[key] + 0.0 * pe.text_only_visual.sum()
+            return out
         visual = [i for i, x in enumerate(batched_inputs) if "boxes" in x]
         results = []
         for group, encode in ((visual, self.encode), (text_only, self.encode_text_only)):
             if group:
-                results.append((group, self.head(*encode([batched_inputs[i] for i in group]))))
+                results.append((group, self._run_head(*encode([batched_inputs[i] for i in group]))))
         if self.training:
             losses = {}
             for _, group_losses in results:
