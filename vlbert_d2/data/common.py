@@ -65,6 +65,28 @@ def resize_image_and_boxes(augmentations, image, boxes):
     return image, out, transforms, flipped
 
 
+def read_detected_image(d, det, boxes, augmentations, image_format, field):
+    """Read the image of a record whose regions come from a detection file, check its size
+    against the file's ``image_w``/``image_h``, and resize (flip) it with ``boxes``.
+
+    Args:
+        d (dict): the record (``file_name``, ``detection_file``, ``source``).
+        det (dict): the parsed detection file.
+        boxes (array): (N, 4) boxes in pixels of the original image.
+        field (str): the record field that names the image, for error messages.
+
+    Returns:
+        (Tensor image, Tensor (N, 4) boxes, bool flipped)
+    """
+    image = read_image(d["file_name"], image_format, d["source"], field=field)
+    h, w = image.shape[:2]
+    if (det["image_w"], det["image_h"]) != (w, h):
+        raise ValueError(f"{d['detection_file']}: fields 'image_w'/'image_h' say "
+                         f"{det['image_w']}x{det['image_h']} but {d['file_name']} is {w}x{h}")
+    image, boxes, _, flipped = resize_image_and_boxes(augmentations, image, boxes)
+    return image, boxes, flipped
+
+
 _LEFT_RIGHT = re.compile(r"\b(left|right)\b", re.IGNORECASE)
 
 

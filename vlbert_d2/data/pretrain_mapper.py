@@ -23,7 +23,7 @@ import torch
 from detectron2.config import configurable
 
 from ..modeling.bert import build_tokenizer
-from .common import WHOLE_IMAGE, build_resize_flip, pack_rows, read_image, resize_image_and_boxes, swap_left_right
+from .common import WHOLE_IMAGE, build_resize_flip, pack_rows, read_detected_image, swap_left_right
 from .detections import DetectionFormatError, read_detection
 
 logger = logging.getLogger(__name__)
@@ -248,11 +248,8 @@ class PretrainDatasetMapper:
             out = {"features": torch.cat([whole, features]), "boxes": torch.from_numpy(boxes),
                    "image_size": (h, w)}
         else:
-            image = read_image(d["file_name"], self.image_format, d["source"], field="image")
-            if (image.shape[1], image.shape[0]) != (w, h):
-                raise ValueError(f"{path}: fields 'image_w'/'image_h' say {w}x{h} but "
-                                 f"{d['file_name']} is {image.shape[1]}x{image.shape[0]}")
-            image, boxes_t, _, flipped = resize_image_and_boxes(self.augmentations, image, boxes)
+            image, boxes_t, flipped = read_detected_image(d, det, boxes, self.augmentations,
+                                                          self.image_format, "image")
             if masked.any():
                 image = mask_region_pixels(image, boxes_t, masked, self.pixel_mean)
             out = {"image": image, "boxes": boxes_t}

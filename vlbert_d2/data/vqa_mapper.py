@@ -15,7 +15,7 @@ from detectron2.config import configurable
 
 from ..evaluation.vqa_eval import normalize_answer
 from ..modeling.bert import build_tokenizer
-from .common import WHOLE_IMAGE, build_resize_flip, pack_rows, read_image, resize_image_and_boxes, swap_left_right
+from .common import WHOLE_IMAGE, build_resize_flip, pack_rows, read_detected_image, swap_left_right
 from .datasets.vqa import answer_rows, answer_vocab_of, load_answer_vocab
 from .detections import read_detection
 
@@ -136,13 +136,9 @@ class VQADatasetMapper:
         return {"features": features, "boxes": boxes, "image_size": (h, w), "height": h, "width": w}
 
     def image_inputs(self, d, det):
-        image = read_image(d["file_name"], self.image_format, d["source"], field="image_id")
-        h, w = image.shape[:2]
-        if (det["image_w"], det["image_h"]) != (w, h):
-            raise ValueError(f"{d['detection_file']}: fields 'image_w'/'image_h' say "
-                             f"{det['image_w']}x{det['image_h']} but {d['file_name']} is {w}x{h}")
+        w, h = det["image_w"], det["image_h"]
         boxes = np.concatenate([[[0.0, 0.0, w, h]], det["boxes"]])
-        image, boxes, _, flipped = resize_image_and_boxes(self.augmentations, image, boxes)
+        image, boxes, flipped = read_detected_image(d, det, boxes, self.augmentations, self.image_format, "image_id")
         return {"image": image, "boxes": boxes, "height": h, "width": w}, flipped
 
 
