@@ -20,16 +20,19 @@ import torch
 from vlbert_d2.checkpoint import ConversionError, convert_official_state_dict
 
 
-def load_official(path, trust=False):
-    """The state dict of an official checkpoint file; errors name the file."""
+def load_official(path):
+    """The state dict of an official checkpoint file; errors name the file.
+
+    Read with ``torch.load(weights_only=True)``: tensors, containers, numbers and strings only,
+    so a file that asks for anything else (which could run code) is refused, not executed.
+    """
     try:
-        obj = torch.load(path, map_location="cpu", weights_only=not trust)
+        obj = torch.load(path, map_location="cpu", weights_only=True)
     except FileNotFoundError:
         raise SystemExit(f"{path}: file not found") from None
     except Exception as e:  # pickle and zip errors come in many types
-        hint = ("" if trust else " If the file comes from a source you trust and holds more than "
-                "tensors, --trust loads it with full unpickling (which can run code).")
-        raise SystemExit(f"{path}: cannot read it as a PyTorch checkpoint: {type(e).__name__}: {e}.{hint}") from None
+        raise SystemExit(f"{path}: cannot read it as a PyTorch checkpoint of tensors "
+                         f"(weights_only=True): {type(e).__name__}: {e}") from None
     if isinstance(obj, dict) and "state_dict" in obj:
         obj = obj["state_dict"]
     if not isinstance(obj, dict) or not all(torch.is_tensor(v) for v in obj.values()):
@@ -54,12 +57,10 @@ def main(argv=None):
     parser.add_argument("input", help="official checkpoint (.model / .pth)")
     parser.add_argument("output", help="converted checkpoint to write (.pth)")
     parser.add_argument("--config-file", help="check shapes against the model of this config")
-    parser.add_argument("--trust", action="store_true",
-                        help="load the input with full unpickling (only for files you trust)")
     parser.add_argument("opts", nargs=argparse.REMAINDER, help="config overrides (KEY VALUE ...)")
     args = parser.parse_args(argv)
 
-    state_dict = load_official(args.input, args.trust)
+    state_dict = load_official(args.input)
     shapes = model_shapes(args.config_file, args.opts) if args.config_file else None
     try:
         converted, report = convert_official_state_dict(state_dict, shapes)

@@ -15,13 +15,13 @@ MODEL.VLBERT.DETECTOR_WEIGHTS): train from the cache with the same trunk weights
 import argparse
 import logging
 
-from detectron2.checkpoint import DetectionCheckpointer
 from detectron2.config import get_cfg
 from detectron2.data import DatasetCatalog
 from detectron2.modeling import build_model
 from detectron2.utils.logger import setup_logger
 
 from vlbert_d2 import add_vlbert_config
+from vlbert_d2.checkpoint import VLBertCheckpointer
 from vlbert_d2.data import build_vlbert_mapper, check_datasets
 from vlbert_d2.feature_extraction import extract_region_features
 
@@ -48,7 +48,7 @@ def main(argv=None):
     check_datasets(args.datasets)
     model = build_model(cfg)
     if cfg.MODEL.WEIGHTS:
-        DetectionCheckpointer(model).load(cfg.MODEL.WEIGHTS)
+        VLBertCheckpointer(model).load(cfg.MODEL.WEIGHTS)  # never runs code from the file
     mapper = build_vlbert_mapper(cfg, is_train=False)
     dicts = [d for name in args.datasets for d in DatasetCatalog.get(name)]
     stats = extract_region_features(model, dicts, mapper, args.output, args.batch_size,

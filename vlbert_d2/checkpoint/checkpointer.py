@@ -1,24 +1,184 @@
-"""Checkpoint loading with errors that name the file."""
+"""Checkpoint reading and writing that never runs code from a file and survives a crash.
+
+detectron2's checkpointer unpickles ``.pkl`` files with plain :func:`pickle.load` (any file can
+run a command) and leaves ``.pth`` files to ``torch.load``'s default; it writes checkpoints and
+``last_checkpoint`` in place (a crash leaves a partial file that ``--resume`` then picks), and an
+empty or damaged ``last_checkpoint`` stops a resume. :class:`SafeCheckpointer` changes exactly
+these: ``.pkl`` through the restricted unpickler (containers, numbers, strings, numpy arrays),
+everything else with ``torch.load(weights_only=True)``, atomic writes (temporary file, flush,
+fsync, rename), and a fallback to the newest readable ``model_*.pth``.
+"""
+import logging
 import os
+import re
+import zipfile
+
+import torch
 
 from detectron2.checkpoint import DetectionCheckpointer
 
+from ..utils.safe_pickle import NUMPY_GLOBALS, PLAIN_GLOBALS, UnsafePickleError, restricted_load
+
+logger = logging.getLogger(__name__)
+
+LAST_CHECKPOINT = "last_checkpoint"
+_PERIODIC = re.compile(r"^model_(\d+)\.pth$")
+
 
 class CheckpointError(RuntimeError):
-    """A checkpoint file that is missing or cannot be read."""
+    """A checkpoint file that is missing, cannot be read, or asks to run code."""
 
 
-class VLBertCheckpointer(DetectionCheckpointer):
-    """detectron2's checkpointer; a missing or unreadable file raises :class:`CheckpointError`
-    naming it (instead of a bare assertion or unpickling error)."""
+def load_checkpoint_file(filename):
+    """Read a weights file without running any code it may hold.
+
+    ``.pkl``: detectron2's pickle formats (``{"model": ..., "__author__": ...}`` or the
+    Caffe2/Detectron1 ``blobs``), rebuilt by the restricted unpickler. Anything else: a
+    ``torch.save`` file read with ``weights_only=True`` (tensors, containers, numbers, strings).
+
+    Returns:
+        dict with "model" (name -> tensor or array) and whatever else the file holds.
+
+    Raises:
+        CheckpointError: missing, unreadable, or asking for code; the message names the file.
+    """
+    if not os.path.isfile(filename):
+        raise CheckpointError(f"checkpoint not found: {filename}")
+    try:
+        if filename.endswith(".pkl"):
+            data = restricted_load(filename, NUMPY_GLOBALS | PLAIN_GLOBALS, what="a weights file")
+            if not isinstance(data, dict):
+                raise CheckpointError(f"{filename}: expected a dict of weights, got {type(data).__name__}")
+            if "model" in data and "__author__" in data:
+                return data
+            # The Caffe2 / Detectron1 layout, as detectron2 reads it.
+            data = data.get("blobs", data)
+            data = {k: v for k, v in data.items() if not k.endswith("_momentum")}
+            return {"model": data, "__author__": "Caffe2", "matching_heuristics": True}
+        data = torch.load(filename, map_location="cpu", weights_only=True)
+    except CheckpointError:
+        raise
+    except UnsafePickleError as e:
+        raise CheckpointError(str(e)) from None  # names the file and what it asked for
+    except Exception as e:  # torch.load / zip / pickle raise many types for a damaged file
+        hint = (" (the file asks for more than tensors and plain containers: weights files are "
+                "loaded with weights_only=True, so nothing in them can run)"
+                if "weights_only" in str(e).lower() or "Unsupported global" in str(e) else "")
+        raise CheckpointError(f"cannot read checkpoint {filename}: {type(e).__name__}: {e}{hint}") from None
+    if filename.endswith(".pyth"):  # pycls, as detectron2 reads it
+        if not isinstance(data, dict) or "model_state" not in data:
+            raise CheckpointError(f"{filename}: a .pyth (pycls) checkpoint must hold 'model_state'")
+        state = {k: v for k, v in data["model_state"].items() if not k.endswith("num_batches_tracked")}
+        return {"model": state, "__author__": "pycls", "matching_heuristics": True}
+    if not isinstance(data, dict):
+        raise CheckpointError(f"{filename}: expected a dict of weights, got {type(data).__name__}")
+    return data if "model" in data else {"model": data}
+
+
+def atomic_torch_save(obj, path):
+    """``torch.save`` to ``path`` so that a reader (or a crash) never sees a partial file:
+    write a temporary file in the same folder, flush it to disk, then rename it over ``path``."""
+    tmp = f"{path}.tmp.{os.getpid()}"
+    try:
+        with open(tmp, "wb") as f:
+            torch.save(obj, f)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.remove(tmp)
+
+
+def atomic_write_text(path, text):
+    tmp = f"{path}.tmp.{os.getpid()}"
+    with open(tmp, "w") as f:
+        f.write(text)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+
+
+def is_readable_checkpoint(path):
+    """Cheap check that a ``torch.save`` file is whole: its zip directory (written last) reads."""
+    try:
+        with zipfile.ZipFile(path) as z:
+            return bool(z.namelist())
+    except (OSError, zipfile.BadZipFile):
+        return False
+
+
+class SafeCheckpointer(DetectionCheckpointer):
+    """detectron2's checkpointer with safe reading, atomic writing and a resume fallback."""
 
     def _load_file(self, filename):
-        if not os.path.isfile(filename):
-            raise CheckpointError(f"checkpoint not found: {filename}")
+        return load_checkpoint_file(filename)
+
+    def save(self, name, **kwargs):
+        if not self.save_dir or not self.save_to_disk:
+            return
+        data = {"model": self.model.state_dict()}
+        for key, obj in self.checkpointables.items():
+            data[key] = obj.state_dict()
+        data.update(kwargs)
+        basename = f"{name}.pth"
+        path = os.path.join(self.save_dir, basename)
+        self.logger.info("Saving checkpoint to %s", path)
+        atomic_torch_save(data, path)
+        self.tag_last_checkpoint(basename)
+
+    def tag_last_checkpoint(self, last_filename_basename):
+        atomic_write_text(os.path.join(self.save_dir, LAST_CHECKPOINT), last_filename_basename)
+
+    def _periodic_checkpoints(self):
+        """``model_<iter>.pth`` files of ``save_dir``, newest (highest iteration) first."""
+        if not self.save_dir or not os.path.isdir(self.save_dir):
+            return []
+        found = [(int(m.group(1)), f) for f in os.listdir(self.save_dir) if (m := _PERIODIC.match(f))]
+        return [os.path.join(self.save_dir, f) for _, f in sorted(found, reverse=True)]
+
+    def has_checkpoint(self):
+        return (os.path.exists(os.path.join(self.save_dir, LAST_CHECKPOINT))
+                or bool(self._periodic_checkpoints()))
+
+    def get_checkpoint_file(self):
+        """The file ``last_checkpoint`` names; when it is missing, empty, or names a file that
+        is missing or not whole, the newest readable ``model_*.pth`` (with a warning)."""
+        tag = os.path.join(self.save_dir, LAST_CHECKPOINT)
+        problem = None
         try:
-            return super()._load_file(filename)
-        except Exception as e:  # torch.load / pickle raise many types for a damaged file
-            raise CheckpointError(f"cannot read checkpoint {filename}: {type(e).__name__}: {e}") from e
+            with open(tag) as f:
+                name = f.read().strip()
+        except (OSError, UnicodeDecodeError) as e:
+            name, problem = "", f"cannot read {tag} ({type(e).__name__})"
+        if name:
+            path = os.path.join(self.save_dir, name)
+            # Only torch.save files can be checked cheaply; other formats are read as they are.
+            if os.path.isfile(path) and (not path.endswith(".pth") or is_readable_checkpoint(path)):
+                return path
+            problem = f"{tag} names {name}, which is missing or incomplete"
+        elif problem is None:
+            problem = f"{tag} is empty" if os.path.exists(tag) else f"no {tag}"
+        for path in self._periodic_checkpoints():
+            if is_readable_checkpoint(path):
+                logger.warning("%s: resuming from the newest readable checkpoint %s", problem, path)
+                return path
+            logger.warning("skipping %s: not a whole checkpoint (interrupted while written?)", path)
+        return ""
+
+    def resume_or_load(self, path, *, resume=True):
+        if resume and self.has_checkpoint():
+            last = self.get_checkpoint_file()
+            if last:
+                return self.load(last)
+            logger.warning("--resume: no readable checkpoint in %s; starting from %s", self.save_dir,
+                           path or "the initialisation")
+        return self.load(path, checkpointables=[])
+
+
+class VLBertCheckpointer(SafeCheckpointer):
+    """:class:`SafeCheckpointer` that also starts a VQA/RefCOCO+ head from the pre-training
+    head of a pre-training checkpoint (the official fine-tuning configs' prefix changes)."""
 
     def _load_model(self, checkpoint):
         start_heads_from_pretraining(checkpoint["model"], self.model)
@@ -41,6 +201,7 @@ def start_heads_from_pretraining(state_dict, model):
     Returns:
         list[str]: the keys added.
     """
+    model = getattr(model, "module", model)  # DistributedDataParallel
     rules = HEADS_FROM_PRETRAINING.get(type(getattr(model, "head", None)).__name__)
     if not rules or any(k.startswith("head.transform.") for k in state_dict):
         return []
@@ -50,8 +211,6 @@ def start_heads_from_pretraining(state_dict, model):
             state_dict[dst + key[len(src):]] = state_dict[key]
             added.append(dst + key[len(src):])
     if added:
-        import logging
-
-        logging.getLogger(__name__).info("%s starts from the pre-trained %s* (%d tensors)",
-                                         type(model.head).__name__, next(iter(rules)), len(added))
+        logger.info("%s starts from the pre-trained %s* (%d tensors)",
+                    type(model.head).__name__, next(iter(rules)), len(added))
     return added

@@ -58,8 +58,13 @@ class FeatureCache:
     def _shard(self, i):
         if i not in self._arrays:
             base = os.path.join(self.directory, self.shards[i])
-            self._arrays[i] = (np.load(base + ".features.npy", mmap_mode="r"),
-                               np.load(base + ".boxes.npy", mmap_mode="r"))
+            arrays = []
+            for path in (base + ".features.npy", base + ".boxes.npy"):
+                try:  # numbers only: an array of Python objects (a pickle) is refused, not run
+                    arrays.append(np.load(path, mmap_mode="r", allow_pickle=False))
+                except (OSError, ValueError) as e:
+                    raise FeatureCacheError(f"{path}: cannot read it as a feature shard: {e}") from None
+            self._arrays[i] = tuple(arrays)
         return self._arrays[i]
 
     def get(self, key):

@@ -17,13 +17,12 @@ as this detector's state dict:
 
 Pickles can run code when loaded: the file is read only through
 :func:`vlbert_d2.checkpoint.detector.load_weights_pickle`, which rebuilds containers and numpy
-arrays and refuses anything else. Other checkpoints (a detectron2 ``.pth`` trained here) load as
-detectron2 loads them.
+arrays and refuses anything else. Other checkpoints (a detectron2 ``.pth`` trained here) load with
+``torch.load(weights_only=True)``.
 """
 import logging
 
-from detectron2.checkpoint import DetectionCheckpointer
-
+from vlbert_d2.checkpoint import SafeCheckpointer
 from vlbert_d2.checkpoint.detector import load_weights_pickle
 
 logger = logging.getLogger(__name__)
@@ -72,8 +71,9 @@ def map_bottom_up_weights(weights, model_shapes, path="<weights>"):
     return mapped, renamed, unused
 
 
-class BottomUpCheckpointer(DetectionCheckpointer):
-    """detectron2's checkpointer, reading ``.pkl`` weights with the restricted unpickler.
+class BottomUpCheckpointer(SafeCheckpointer):
+    """The safe checkpointer (``.pkl`` through the restricted unpickler, ``.pth`` with
+    ``weights_only=True``), mapping the public ``.pkl`` layout's names to this detector's.
 
     After :meth:`load`, :attr:`report` holds what happened: ``loaded`` (model names filled),
     ``renamed`` (file name -> model name), ``unused`` (file names not used) and ``missing``
