@@ -1,6 +1,7 @@
 """Pieces every task's dataset mapper shares: image reading with named errors, the resize
 (and flip) of an image with its boxes, left/right swapping for flips, and packing text rows."""
 import io
+import logging
 import re
 
 import numpy as np
@@ -8,8 +9,9 @@ import torch
 
 from detectron2.data import detection_utils as utils
 from detectron2.data import transforms as T
+from detectron2.utils.logger import log_first_n
 
-from ..utils.files import ZIP_SEPARATOR, read_bytes
+from ..utils.files import read_bytes
 
 WHOLE_IMAGE = 0  # RoI index of the whole image
 
@@ -31,20 +33,88 @@ def build_resize_flip(cfg, is_train, allow_flip=True):
 
 
 def read_image(path, image_format, source, field="file_name"):
-    """Read an image (a file, or ``archive.zip@/inner/path``); a missing or unreadable file is
-    reported with the record and field that named it."""
-    try:
-        if ZIP_SEPARATOR in path:  # a member of an uncompressed zip archive
-            from PIL import Image
+    """Read an image (a file, or ``archive.zip@/inner/path``) as detectron2's
+    ``utils.read_image`` does (EXIF orientation applied, uint8 in ``image_format``), except
+    that 16-bit images are rescaled to 8 bits instead of clipped (see :func:`_to_8_bits`).
 
-            image = Image.open(io.BytesIO(read_bytes(path)))
-            image = utils._apply_exif_orientation(image)
-            return utils.convert_PIL_to_numpy(image, image_format)
-        return utils.read_image(path, format=image_format)
+    Args:
+        path (str): the image.
+        image_format (str): "BGR", "RGB", ... (``INPUT.FORMAT``).
+        source (str): the record that names the image ("file:line"), for messages.
+        field (str): the record's field that names the image, for messages.
+
+    Raises:
+        FileNotFoundError, OSError: naming the record, the field and the path (a missing
+        file, a file that is not an image, a truncated one, samples of more than 16 bits).
+    """
+    from PIL import Image
+
+    try:
+        data = read_bytes(path)
+        image = Image.open(io.BytesIO(data))
+        if _is_16_bit(image):
+            image = _to_8_bits(image, data, path)
+        elif image.mode in ("I", "F"):
+            # 32-bit integer or float samples have no defined white level; detectron2 would clip.
+            raise OSError(f"{image.mode} images (32-bit integer or float samples) are not supported")
+        image = utils._apply_exif_orientation(image)
+        return utils.convert_PIL_to_numpy(image, image_format)
     except FileNotFoundError:
         raise FileNotFoundError(f"{source}: field '{field}': image not found: {path}") from None
-    except OSError as e:
+    except (OSError, ValueError) as e:  # Pillow raises ValueError too on some corrupt files
         raise OSError(f"{source}: field '{field}': cannot read image {path}: {e}") from None
+
+
+def _is_16_bit(image):
+    """Whether an opened (not yet decoded) PIL image has 16-bit samples.
+
+    Pillow (< 10) opens a 16-bit grayscale file as mode "I" or "I;16*", and a 16-bit colour
+    one as "RGB"/"RGBA"/"LA" keeping the high byte of each sample: only the decoder's raw
+    mode ("I;16B", "RGB;16B", "RGBA;16N", ...), known until the pixels are loaded, tells.
+    """
+    if image.mode.startswith("I;16"):
+        return True
+    args = image.tile[0][3] if image.tile else None
+    rawmode = args[0] if isinstance(args, tuple) and args else args
+    return isinstance(rawmode, str) and rawmode.startswith(image.mode + ";16")
+
+
+def _to_8_bits(image, data, path):
+    """A 16-bit image (see :func:`_is_16_bit`) as an 8-bit PIL image ("L", "RGB" or "RGBA"):
+    each sample ``v`` becomes ``round(v * 255 / 65535)``, with a warning (once per process)
+    naming the first such file.
+
+    detectron2 converts with ``Image.convert``, which clips 16-bit gray values to 255 (a
+    16-bit photo reads almost all white), and Pillow keeps only the high byte of 16-bit colour
+    (``v // 256``); rescaling reads both like their 8-bit export. Colour samples come from
+    OpenCV, which decodes all 16 bits. The EXIF orientation is carried over.
+    """
+    import cv2
+    from PIL import Image
+
+    if image.mode.startswith("I"):  # grayscale: Pillow decodes the 16 bits exactly
+        samples = np.asarray(image)
+    else:
+        samples = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_UNCHANGED)
+        if samples is None or samples.dtype != np.uint16 or samples.ndim != 3:
+            raise OSError(f"a 16-bit {image.mode} image that OpenCV cannot decode as such")
+        # OpenCV's channels are BGR(A) (16-bit gray with alpha comes as BGRA too): to RGB(A).
+        samples = samples[..., [2, 1, 0, 3][:samples.shape[2]]]
+    if samples.min() < 0 or samples.max() > 65535:  # "I;16S": signed samples
+        raise OSError(f"16-bit samples outside 0..65535 ({samples.min()}..{samples.max()})")
+    # round(v * 255 / 65535) in integers (65535 = 255 * 257, so never a tie).
+    eight = Image.fromarray(((samples.astype(np.uint32) * 255 + 32767) // 65535).astype(np.uint8))
+    log_first_n(logging.WARNING, f"{path} is a 16-bit image: rescaled to 8 bits (round(v * 255 / 65535)); "
+                "further 16-bit images are rescaled without a warning", n=1, key="caller")
+    try:
+        orientation = image.getexif().get(utils._EXIF_ORIENT)
+    except Exception:  # noqa: BLE001  (as detectron2: a broken EXIF block is ignored)
+        orientation = None
+    if orientation:
+        exif = Image.Exif()
+        exif[utils._EXIF_ORIENT] = orientation
+        eight.info["exif"] = exif.tobytes()
+    return eight
 
 
 def resize_image_and_boxes(augmentations, image, boxes):
