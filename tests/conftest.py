@@ -9,6 +9,12 @@ import os
 # No test may reach the Hugging Face hub (none is reachable here; each attempt retries for a
 # minute). Set before transformers / huggingface_hub are imported, which read it at import.
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
+# The record checks' cache (DATALOADER.CHECK_CACHE_DIR's default) goes to a folder of this test
+# session, for this process and the tools the tests run, never to the user's ~/.cache.
+if "PYTEST_XDG_CACHE" not in os.environ:
+    import tempfile
+
+    os.environ["PYTEST_XDG_CACHE"] = os.environ["XDG_CACHE_HOME"] = tempfile.mkdtemp(prefix="vlbert_d2_tests_")
 
 import pytest  # noqa: E402
 import torch  # noqa: E402

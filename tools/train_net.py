@@ -6,50 +6,23 @@ Examples:
     python tools/train_net.py --config-file configs/VLBERT-Base-VCR.yaml --eval-only \\
         MODEL.WEIGHTS output/vlbert_base_vcr/model_final.pth
     python tools/train_net.py --config-file ... --resume     # continue from last_checkpoint
-"""
-import os
+    python tools/train_net.py --config-file ... --num-gpus 2 MODEL.DEVICE cpu   # 2 CPU processes (gloo)
 
+--resume continues from OUTPUT_DIR's last checkpoint (or, when last_checkpoint is missing or
+damaged, the newest whole model_*.pth) with the same data order and random draws: the run ends
+with the weights an uninterrupted one would have. Without a GPU (or with MODEL.DEVICE cpu),
+--num-gpus N runs N processes on CPU with DistributedDataParallel over gloo.
+"""
 from detectron2.config import get_cfg
-from detectron2.data import build_detection_test_loader
-from detectron2.engine import DefaultTrainer, default_argument_parser, default_setup, launch
+from detectron2.engine import default_argument_parser, default_setup
 from detectron2.evaluation import verify_results
 
 from vlbert_d2 import add_vlbert_config
 from vlbert_d2.checkpoint import VLBertCheckpointer
-from vlbert_d2.data import build_vlbert_mapper, build_vlbert_train_loader, check_datasets
+from vlbert_d2.data import check_datasets
 from vlbert_d2.data.vqa_mapper import prepare_answer_vocab
-from vlbert_d2.evaluation import build_vlbert_evaluator
-from vlbert_d2.solver import build_lr_scheduler, build_optimizer
-
-
-class Trainer(DefaultTrainer):
-    def __init__(self, cfg):
-        super().__init__(cfg)
-        # Same checkpointer, but a missing or unreadable MODEL.WEIGHTS is reported by name.
-        self.checkpointer = VLBertCheckpointer(self.checkpointer.model, cfg.OUTPUT_DIR,
-                                               **self.checkpointer.checkpointables)
-
-    @classmethod
-    def build_train_loader(cls, cfg):
-        # detectron2's loader; DATALOADER.TRAIN_FRACTION and pre-training's caption/text mix.
-        return build_vlbert_train_loader(cfg, build_vlbert_mapper(cfg, is_train=True))
-
-    @classmethod
-    def build_test_loader(cls, cfg, dataset_name):
-        return build_detection_test_loader(cfg, dataset_name, mapper=build_vlbert_mapper(cfg, is_train=False))
-
-    @classmethod
-    def build_evaluator(cls, cfg, dataset_name, output_folder=None):
-        output_folder = output_folder or os.path.join(cfg.OUTPUT_DIR, "inference", dataset_name)
-        return build_vlbert_evaluator(cfg, dataset_name, output_folder)
-
-    @classmethod
-    def build_optimizer(cls, cfg, model):
-        return build_optimizer(cfg, model)
-
-    @classmethod
-    def build_lr_scheduler(cls, cfg, optimizer):
-        return build_lr_scheduler(cfg, optimizer)
+from vlbert_d2.engine import VLBertTrainer as Trainer
+from vlbert_d2.engine import launch, wants_cpu
 
 
 def setup(args):
@@ -89,4 +62,4 @@ if __name__ == "__main__":
     args = default_argument_parser(epilog=__doc__).parse_args()
     print("Command Line Args:", args)
     launch(main, args.num_gpus, num_machines=args.num_machines, machine_rank=args.machine_rank,
-           dist_url=args.dist_url, args=(args,))
+           dist_url=args.dist_url, args=(args,), cpu=wants_cpu(args.opts, args.config_file))

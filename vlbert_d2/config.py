@@ -144,4 +144,21 @@ def add_vlbert_config(cfg):
     # Train on a fixed random share of the training datasets (0 < f <= 1; 1: all), e.g. to
     # fine-tune on a small fraction of the data. The subset depends only on SEED and is logged.
     _C.DATALOADER.TRAIN_FRACTION = 1.0
+
+    # --- Record checks (vlbert_d2/data/validation.py, tools/check_dataset.py) ---
+    # Before iteration 0 (and before an evaluation), run the task's dataset mapper once on every
+    # record of every dataset, in DATALOADER.NUM_WORKERS processes (0 or 1: the main one), so
+    # that a missing or corrupt image, detection file or zip member, a bad box or a non-finite
+    # value is found before any work is done, not when the sampler reaches the record. Results
+    # are cached (see below).
+    _C.DATALOADER.CHECK_RECORDS = True
+    # What a bad record does: "error" stops before training/evaluation with a list of the first
+    # bad records (file:line, field, message); "skip" drops them, logs their count and writes
+    # the full list to OUTPUT_DIR/bad_records_<dataset>.jsonl. Either way boxes partly outside
+    # their image are clipped to it, counted and logged.
+    _C.DATALOADER.BAD_RECORDS = "error"
+    # Where the check results are cached, per record, keyed by the record's content and the
+    # path, size and mtime of every file it names: a second run over unchanged data starts at
+    # once. Empty: $XDG_CACHE_HOME/vlbert_d2/record_checks (default ~/.cache/...).
+    _C.DATALOADER.CHECK_CACHE_DIR = ""
     return cfg

@@ -14,6 +14,7 @@ class distributions as the targets of masked RoI classification.
 """
 import base64
 import json
+import math
 import os
 
 import numpy as np
@@ -21,6 +22,9 @@ import numpy as np
 from ..utils.files import read_json_any
 
 _ARRAYS = ("boxes", "features", "classes")
+# Image sides and box counts above this are corrupt values: float32 (the box tensors) holds
+# integers exactly only up to 2**24, and no real image or detection comes near it.
+_MAX_INT = 2 ** 24
 
 
 class DetectionFormatError(ValueError):
@@ -83,8 +87,12 @@ def parse_detection(record, path="<detection>"):
             raise DetectionFormatError(f"{path}: missing field '{key}'")
     for key in ("image_w", "image_h", "num_boxes"):
         value = record[key]
-        if isinstance(value, bool) or not isinstance(value, (int, float)) or value != int(value) or value < 0:
-            raise DetectionFormatError(f"{path}: field '{key}' must be a non-negative integer, got {value!r}")
+        # isfinite first: JSON gives 1e999 as inf and NaN as nan, whose int() raises a bare
+        # OverflowError / ValueError.
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) \
+                or value != int(value) or not 0 <= value <= _MAX_INT:
+            raise DetectionFormatError(f"{path}: field '{key}' must be a non-negative integer "
+                                       f"(at most {_MAX_INT}), got {value!r}")
     for key in ("image_w", "image_h"):
         if record[key] <= 0:
             raise DetectionFormatError(f"{path}: field '{key}' must be positive, got {record[key]!r}")
@@ -105,7 +113,24 @@ def parse_detection(record, path="<detection>"):
         i = int(np.flatnonzero(bad)[0])
         raise DetectionFormatError(f"{path}: field 'boxes': box {i} {b[i].tolist()} is not "
                                    "x1 <= x2, y1 <= y2 (finite)")
+    # NaN features gave garbage predictions with rc 0, NaN class distributions NaN soft targets:
+    # both are refused here, naming the first bad box.
+    for key in ("features", "classes", "image_box_feature"):
+        if key in out:
+            _check_finite(out[key], key, path)
+    if "classes" in out and (out["classes"] < 0).any():
+        i = int(np.flatnonzero((out["classes"] < 0).any(1))[0])
+        raise DetectionFormatError(f"{path}: field 'classes': box {i} has a negative class probability "
+                                   f"({float(out['classes'][i].min())}); a class distribution is non-negative")
     return out
+
+
+def _check_finite(values, key, path):
+    bad = ~np.isfinite(values).all(1)
+    if bad.any():
+        i = int(np.flatnonzero(bad)[0])
+        raise DetectionFormatError(f"{path}: field '{key}': row {i} has non-finite values (NaN or "
+                                   f"infinity; {int(bad.sum())} of {len(values)} rows)")
 
 
 def read_detection(path):

@@ -66,7 +66,17 @@ class VQAEvaluator(DatasetEvaluator):
             logger.warning("%s: no annotations (a test split): accuracy not computed; submit the "
                            "results file to the VQA evaluation server", self._dataset_name)
             return {"vqa": {"num_predictions": float(len(predictions))}}
+        unscored = [q for q in annotated if q not in predictions]
+        if unscored:
+            # Records left out by DATALOADER.BAD_RECORDS "skip" (listed in
+            # OUTPUT_DIR/bad_records_<dataset>.jsonl): the accuracy covers the others only.
+            logger.warning("%s: %d of %d annotated questions have no prediction (skipped as bad "
+                           "records?); the accuracy covers the other %d only", self._dataset_name,
+                           len(unscored), len(annotated), len(annotated) - len(unscored))
+            annotated = {q: d for q, d in annotated.items() if q in predictions}
         metrics = vqa_metrics(predictions, annotated)
         result = {"accuracy": metrics["overall"], "num_predictions": float(len(predictions))}
+        if unscored:
+            result["num_unscored"] = float(len(unscored))
         result.update({k: v for k, v in metrics["perAnswerType"].items()})
         return {"vqa": result}

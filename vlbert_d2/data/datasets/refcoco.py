@@ -13,6 +13,7 @@ One dataset record per expression (sentence). The candidate regions are the imag
 annotations, or the detected regions of the proposals file.
 """
 import logging
+import math
 import os
 from collections import defaultdict
 
@@ -47,9 +48,23 @@ def _xywh_to_xyxy(box, where, field):
         x, y, w, h = (float(v) for v in box)
     except (TypeError, ValueError):
         raise RefCOCOFormatError(f"{where}: field '{field}' must be [x, y, w, h], got {box!r}") from None
-    if not (w >= 0 and h >= 0):
-        raise RefCOCOFormatError(f"{where}: field '{field}' has a negative (or NaN) size: {box!r}")
+    # A NaN corner reaches roi_align and fails there, iterations later, naming no file; a
+    # zero-size box has no pixels to pool. Parts outside the image are clipped by the mapper
+    # (and counted by the record check, vlbert_d2/data/validation.py).
+    if not all(math.isfinite(v) for v in (x, y, x + w, y + h)):
+        raise RefCOCOFormatError(f"{where}: field '{field}' has a non-finite value (NaN or infinity): {box!r}")
+    if not (w > 0 and h > 0):
+        raise RefCOCOFormatError(f"{where}: field '{field}' must have a positive width and height, got {box!r}")
     return [x, y, x + w, y + h]
+
+
+def _positive_int(value):
+    """``value`` as an int when it is a finite positive integer (JSON may give 1e999 = inf or
+    NaN, whose int() raises a bare OverflowError / ValueError), else None."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) \
+            or value != int(value) or value <= 0:
+        return None
+    return int(value)
 
 
 def _load_json(path):
@@ -65,9 +80,15 @@ def load_instances(path):
     images = {}
     for i, im in enumerate(data["images"]):
         try:
-            images[int(im["id"])] = {"width": int(im["width"]), "height": int(im["height"])}
-        except (KeyError, TypeError, ValueError):
+            image_id = int(im["id"])
+            size = {"width": _positive_int(im["width"]), "height": _positive_int(im["height"])}
+        except (KeyError, TypeError, ValueError, OverflowError):
             raise RefCOCOFormatError(f"{path}: images[{i}] needs integer 'id', 'width', 'height'") from None
+        for field, value in size.items():
+            if value is None:
+                raise RefCOCOFormatError(f"{path}: images[{i}]: field '{field}' must be a positive integer, "
+                                         f"got {im[field]!r}")
+        images[image_id] = size
     anns = {}
     for i, a in enumerate(data["annotations"]):
         where = f"{path}: annotations[{i}]"

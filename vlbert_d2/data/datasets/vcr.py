@@ -12,7 +12,6 @@ Each line: ``question``, ``answer_choices``, ``rationale_choices`` (token lists 
 words or lists of object indices), ``answer_label``, ``rationale_label`` (absent in test),
 ``objects`` (class names), ``img_fn``, ``metadata_fn``, ``annot_id``.
 """
-import json
 import logging
 import math
 import os
@@ -21,7 +20,7 @@ from detectron2.data import DatasetCatalog, MetadataCatalog
 from detectron2.data.datasets.builtin_meta import COCO_CATEGORIES
 from detectron2.utils.logger import log_first_n
 
-from ...utils.files import iter_json_lines
+from ...utils.files import iter_json_lines, read_json
 
 logger = logging.getLogger(__name__)
 
@@ -146,38 +145,51 @@ def load_vcr_metadata(path, num_objects, source):
         dict with ``boxes`` (list of [x1, y1, x2, y2]), ``segms`` (per object, a list of
         polygons as flat [x0, y0, x1, y1, ...] lists; empty when absent), ``width``, ``height``.
     """
-    try:
-        with open(path, encoding="utf-8") as f:
-            meta = json.load(f)
+    try:  # the strict reader: invalid UTF-8, NaN, 1e999, huge integers and deep nesting refused
+        meta = read_json(path, VCRFormatError, "metadata file")
     except FileNotFoundError:
         raise FileNotFoundError(f"{source}: field 'metadata_fn': file not found: {path}") from None
-    except json.JSONDecodeError as e:
-        raise VCRFormatError(f"{path}: malformed JSON ({e}) (metadata of {source})") from None
+    except VCRFormatError as e:
+        raise VCRFormatError(f"{e} (metadata of {source})") from None
+    if not isinstance(meta, dict):
+        raise VCRFormatError(f"{path}: expected a JSON object, got {type(meta).__name__} (metadata of {source})")
     for field in ("boxes", "width", "height"):
         if field not in meta:
             raise VCRFormatError(f"{path}: missing field '{field}' (metadata of {source})")
     boxes = meta["boxes"]
-    if len(boxes) != num_objects:
-        raise VCRFormatError(f"{path}: field 'boxes' has {len(boxes)} entries but {source} "
+    if not isinstance(boxes, list) or len(boxes) != num_objects:
+        n = len(boxes) if isinstance(boxes, list) else type(boxes).__name__
+        raise VCRFormatError(f"{path}: field 'boxes' has {n} entries but {source} "
                              f"lists {num_objects} objects")
-    try:
-        width, height = int(meta["width"]), int(meta["height"])
-    except (TypeError, ValueError):
-        raise VCRFormatError(f"{path}: fields 'width'/'height' must be integers (metadata of {source})") from None
+    sizes = []
+    for field in ("width", "height"):
+        value = meta[field]
+        # json reads 1e999 as inf and NaN as nan: int() of those raises a bare OverflowError /
+        # ValueError, so the value is checked before it is converted.
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) \
+                or value != int(value) or value <= 0:
+            raise VCRFormatError(f"{path}: field '{field}' must be a positive integer, got {value!r} "
+                                 f"(metadata of {source})")
+        sizes.append(int(value))
+    width, height = sizes
     checked = []
     for i, box in enumerate(boxes):
         try:
             x1, y1, x2, y2 = (float(v) for v in box[:4])
         except (TypeError, ValueError):
             x1 = y1 = x2 = y2 = float("nan")
-        # Finite and not inverted; parts outside the image are clipped by the mapper.
-        if not (isinstance(box, list) and len(box) >= 4 and x1 <= x2 and y1 <= y2 and math.isfinite(x2 - x1 + y2 - y1)):
+        # Finite with a positive area: an inverted or zero-area box has no pixels to pool (and a
+        # NaN one poisons RoIAlign). Parts outside the image are clipped by the mapper, and
+        # counted by the record check (vlbert_d2/data/validation.py).
+        if not (isinstance(box, list) and len(box) >= 4 and x1 < x2 and y1 < y2
+                and math.isfinite(x2 - x1 + y2 - y1)):
             raise VCRFormatError(f"{path}: field 'boxes[{i}]' is {box!r}; a box is [x1, y1, x2, y2, "
-                                 f"score] with x1 <= x2 and y1 <= y2 (metadata of {source})")
+                                 f"score] with finite x1 < x2 and y1 < y2 (metadata of {source})")
         checked.append([x1, y1, x2, y2])
     segms = meta.get("segms") or [[] for _ in boxes]
-    if len(segms) != num_objects:
-        raise VCRFormatError(f"{path}: field 'segms' has {len(segms)} entries but {source} "
+    if not isinstance(segms, list) or len(segms) != num_objects:
+        n = len(segms) if isinstance(segms, list) else type(segms).__name__
+        raise VCRFormatError(f"{path}: field 'segms' has {n} entries but {source} "
                              f"lists {num_objects} objects")
     polygons = []
     for i, obj in enumerate(segms):
@@ -189,6 +201,11 @@ def load_vcr_metadata(path, num_objects, source):
         if not ok:
             raise VCRFormatError(f"{path}: field 'segms[{i}]' must be a list of polygons of [x, y] "
                                  f"points (metadata of {source})")
+        for k, poly in enumerate(polys):
+            # A NaN or infinite vertex rasterises to a silently wrong (often empty) mask.
+            if not all(math.isfinite(v) for v in poly):
+                raise VCRFormatError(f"{path}: field 'segms[{i}][{k}]' has a non-finite coordinate "
+                                     f"(NaN or infinity) (metadata of {source})")
         kept = [poly for poly in polys if len(poly) >= 6]
         if len(kept) < len(polys):
             # A polygon of fewer than 3 points has no area; the mask uses the others (or the box).

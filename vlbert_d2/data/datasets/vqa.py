@@ -19,7 +19,7 @@ from collections import Counter
 from detectron2.data import DatasetCatalog, MetadataCatalog
 
 from ...evaluation.vqa_eval import normalize_answer, soft_scores
-from ...utils.files import read_json
+from ...utils.files import iter_text_lines, read_json
 
 logger = logging.getLogger(__name__)
 
@@ -92,8 +92,7 @@ def load_answer_vocab(path):
     row (so official checkpoints fit) but is never a target nor a prediction.
     """
     try:
-        with open(path, encoding="utf-8") as f:
-            lines = [line.strip() for line in f]
+        lines = [line.strip() for _, line in iter_text_lines(path, VQAFormatError)]
     except FileNotFoundError:
         raise FileNotFoundError(f"VQA answer vocabulary not found: {path} (build it with "
                                 "tools/build_vqa_vocab.py; tools/train_net.py builds it when missing)") from None
@@ -160,6 +159,9 @@ def load_vqa(questions_file, annotations_file, image_dir, image_prefix, detectio
         where = f"{questions_file}: questions[{i}]"
         qid = _int_field(q, "question_id", where)
         image_id = _int_field(q, "image_id", where)
+        if image_id < 0:
+            # It names the image file ({image_id:012d}), which a negative id would garble.
+            raise VQAFormatError(f"{where} (question_id {qid}): field 'image_id' must be non-negative, got {image_id}")
         if not isinstance(q.get("question"), str) or not q["question"].strip():
             raise VQAFormatError(f"{where} (question_id {qid}): field 'question' must be a non-empty string")
         if qid in seen:
