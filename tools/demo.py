@@ -25,12 +25,26 @@ list of [x1, y1, x2, y2] in the image's pixels; with a folder of images, a folde
 ``<image stem>.json`` per image. Or the regions come from the detector of
 projects/BottomUpAttention (--detector-weights, --detector-config, --detector-opts; the same code
 as tools/extract_regions.py), and are also written as ``<stem>_detections.json`` (usable as
---boxes). Writes per image ``<stem>_answer.png`` and, for the chosen
+--boxes).
+
+Outputs, in --output (created if needed), per image: ``<stem>_answer.png`` and, for the chosen
 layers, ``<stem>_attention_L<l>.png`` (lines from the words to the regions, as the paper's
 Figure 3, weights rescaled per layer) and ``<stem>_heatmap_L<l>.png`` (text-to-region attention
-per head).
+per head); with the detector also ``<stem>_detections.json``. Each file is written atomically
+(a temporary file, then renamed) and checked; one JSON line per image on stdout gives the answer
+and the files written.
+
+Size: the model sees the image at the config's test size (INPUT.MIN_SIZE_TEST/MAX_SIZE_TEST).
+The pictures are drawn with the longer side at most --max-draw-size pixels (the cap, below):
+larger images are reduced first, as drawing costs about 150 bytes per pixel (a 12000 x 12000
+photo would need over 20 GB); small ones are enlarged to at least --draw-size. Images above
+Pillow's decompression-bomb limit (about 179 megapixels) are refused.
+
+Errors: a missing, empty, truncated or non-image input, a bad --boxes file, or an output that
+cannot be written stops the run with a message naming the file and exit status 1.
 """
 import argparse
+import contextlib
 import json
 import os
 import sys
@@ -39,16 +53,17 @@ import numpy as np
 import torch
 
 from detectron2.config import get_cfg
-from detectron2.data import detection_utils as utils
 from detectron2.modeling import build_model
 
 from vlbert_d2 import add_vlbert_config
-from vlbert_d2.checkpoint import VLBertCheckpointer
+from vlbert_d2.checkpoint import CheckpointError, VLBertCheckpointer
 from vlbert_d2.data import build_vlbert_mapper
-from vlbert_d2.data.common import resize_image_and_boxes
+from vlbert_d2.data.common import read_image, resize_image_and_boxes
 from vlbert_d2.data.detections import DetectionFormatError, parse_detection
-from vlbert_d2.utils.visualization import (draw_attention_heatmap, draw_attention_lines,
-                                           draw_prediction, text_to_region_attention)
+from vlbert_d2.utils.visualization import (DEFAULT_MAX_DRAW_SIZE, DEFAULT_MIN_DRAW_SIZE,
+                                           draw_attention_heatmap, draw_attention_lines,
+                                           draw_prediction, resize_for_drawing, save_picture,
+                                           text_to_region_attention)
 
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp")
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -66,6 +81,62 @@ def setup_cfg(args):
         cfg.MODEL.VLBERT.VQA.ANSWER_VOCAB = vocab  # the training run's copy: no dataset needed
     cfg.freeze()
     return cfg
+
+
+def read_input_image(path, image_format):
+    """Decode an input image at full resolution with the dataset mappers' reader, so that the
+    model sees what it would in evaluation (EXIF orientation applied, 16-bit rescaled).
+
+    Args:
+        path (str): the image file.
+        image_format (str): ``cfg.INPUT.FORMAT`` ("BGR": a channel-reversed view of RGB).
+
+    Returns:
+        ndarray (H, W, C) uint8.
+
+    Raises:
+        SystemExit: naming the file when it is missing, empty, not an image, truncated, or
+            over Pillow's decompression-bomb limit.
+    """
+    from PIL import Image, UnidentifiedImageError
+
+    if not os.path.isfile(path):
+        raise SystemExit(f"--input: image not found: {path}")
+    if os.path.getsize(path) == 0:
+        raise SystemExit(f"--input: {path} is empty (0 bytes), not an image")
+    # Pillow's own message for a file that is no image shows a file object, not the name.
+    # Opening reads the header only (and refuses decompression bombs, a non-OSError).
+    try:
+        Image.open(path).close()
+    except UnidentifiedImageError:
+        raise SystemExit(f"--input: {path} is not an image (or not in a format Pillow reads)") from None
+    except (OSError, Image.DecompressionBombError) as e:
+        raise SystemExit(f"--input: cannot read image {path}: {e}") from None
+    # Corrupt data fails while decoding: OSError ("image file is truncated"), or the
+    # SyntaxError/ValueError some of Pillow's decoders raise.
+    try:
+        return read_image(path, image_format, "--input", field="image")
+    except (OSError, SyntaxError, ValueError) as e:
+        raise SystemExit(str(e)) from None
+
+
+@contextlib.contextmanager
+def writing(path):
+    """Turn a failed write of ``path`` into an exit (status 1) whose message names it."""
+    try:
+        yield path
+    except OSError as e:
+        raise SystemExit(f"cannot write {path}: {e.strerror or e}") from None
+
+
+def prepare_output(folder):
+    """Create the output folder, or stop (before the model is loaded) when it cannot be written."""
+    try:
+        os.makedirs(folder, exist_ok=True)
+    except OSError as e:
+        raise SystemExit(f"--output: cannot create the folder {folder}: {e.strerror or e}") from None
+    if not os.access(folder, os.W_OK | os.X_OK):
+        raise SystemExit(f"--output: the folder {folder} is not writable")
 
 
 def read_boxes(path, width, height):
@@ -126,7 +197,8 @@ def detect_boxes(detector, image_bgr, path, args):
     h, w = image_bgr.shape[:2]
     stem = os.path.splitext(os.path.basename(path))[0]
     out = os.path.join(args.output, f"{stem}_detections.json")
-    write_detection(out, detection_record(stem, w, h, regions))
+    with writing(out):
+        write_detection(out, detection_record(stem, w, h, regions))  # atomic (tmp + rename)
     return regions.pred_boxes.tensor.numpy().astype(np.float32), out
 
 
@@ -163,13 +235,19 @@ def build_input(cfg, mapper, image_bgr, boxes, text, objects=None, choices=None)
 
 
 def run_one(model, cfg, mapper, path, boxes_path, text, args, detector=None):
-    image_bgr = utils.read_image(path, format=cfg.INPUT.FORMAT)
+    """Answer for one image and draw the answer and the attention views.
+
+    Returns:
+        (dict: the answer, list[str]: the files written)
+    """
+    image_bgr = read_input_image(path, cfg.INPUT.FORMAT)  # the one full-resolution copy
     h, w = image_bgr.shape[:2]
-    os.makedirs(args.output, exist_ok=True)
     written = []
     if detector is not None:
-        as_bgr = image_bgr[:, :, ::-1] if cfg.INPUT.FORMAT == "RGB" else image_bgr
-        boxes, detections = detect_boxes(detector, np.ascontiguousarray(as_bgr), path, args)
+        # No name is kept for the detector's copy: it is freed once the regions are found.
+        boxes, detections = detect_boxes(
+            detector, np.ascontiguousarray(image_bgr[:, :, ::-1] if cfg.INPUT.FORMAT == "RGB" else image_bgr),
+            path, args)
         written.append(detections)
     else:
         boxes = read_boxes(boxes_path, w, h)
@@ -180,15 +258,15 @@ def run_one(model, cfg, mapper, path, boxes_path, text, args, detector=None):
             raise SystemExit(f"--objects: {len(objects)} names for {len(boxes)} boxes"
                              + (" (found by the detector)" if detector is not None else ""))
     x = build_input(cfg, mapper, image_bgr, boxes, text, objects, args.choices)
+    # The pictures are drawn at a capped size (drawing at full resolution took over 20 GB for a
+    # 12000 x 12000 photo). A "BGR" image is a reversed view of contiguous RGB, so reversing it
+    # back costs no copy, and the full-resolution image is dropped before the model runs.
+    image_rgb, shown = resize_for_drawing(image_bgr[:, :, ::-1] if cfg.INPUT.FORMAT == "BGR" else image_bgr,
+                                          boxes, args.draw_size, args.max_draw_size)
+    del image_bgr
     with torch.no_grad():
         outputs, batch = model.encode([x], output_attentions=True)
         result = model.head(outputs, batch)[0]
-    image_rgb = image_bgr[:, :, ::-1] if cfg.INPUT.FORMAT == "BGR" else image_bgr
-    # Small images are drawn enlarged (pixel-exact), so that the text stays readable.
-    factor = draw_scale(h, w, args.draw_size)
-    if factor > 1:
-        image_rgb = np.repeat(np.repeat(image_rgb, factor, axis=0), factor, axis=1)
-    shown = boxes * factor
     stem = os.path.splitext(os.path.basename(path))[0]
 
     head = cfg.MODEL.VLBERT.HEAD
@@ -242,15 +320,35 @@ def run_one(model, cfg, mapper, path, boxes_path, text, args, detector=None):
     return summary, written
 
 
-def draw_scale(height, width, draw_size):
-    """Integer enlargement making the longer side at least ``draw_size`` pixels (1: none)."""
-    return max(1, int(np.ceil(draw_size / max(height, width))))
+def list_inputs(input_path, boxes, use_detector):
+    """The (image, boxes file or None) pairs to run, checked before the model is loaded.
+
+    Raises:
+        SystemExit: no image, a missing input, no folder of boxes for a folder of images, or
+            two images with the same stem (their outputs would overwrite each other).
+    """
+    if not os.path.isdir(input_path):
+        if not os.path.isfile(input_path):
+            raise SystemExit(f"--input: image not found: {input_path}")
+        return [(input_path, boxes)]
+    images = sorted(os.path.join(input_path, f) for f in os.listdir(input_path)
+                    if f.lower().endswith(IMAGE_EXTENSIONS))
+    if not images:
+        raise SystemExit(f"--input: no image in {input_path}")
+    stems = [os.path.splitext(os.path.basename(im))[0] for im in images]
+    clash = sorted({im for im, stem in zip(images, stems) if stems.count(stem) > 1})
+    if clash:
+        raise SystemExit(f"--input: images with the same name would write the same outputs: {clash}")
+    if use_detector:
+        return [(im, None) for im in images]
+    if not os.path.isdir(boxes):
+        raise SystemExit("--boxes: with a folder of images, give a folder of <stem>.json")
+    return [(im, os.path.join(boxes, stem + ".json")) for im, stem in zip(images, stems)]
 
 
 def _save(rgb, path):
-    import cv2
-
-    cv2.imwrite(path, np.ascontiguousarray(rgb[:, :, ::-1]))
+    with writing(path):
+        save_picture(path, rgb)
     return path
 
 
@@ -274,43 +372,41 @@ def main(argv=None):
     p.add_argument("--choices", nargs="+", help="VCR answer choices; [k] in them and in the question "
                    "refers to region k of --boxes")
     p.add_argument("--objects", nargs="+", help="VCR: the class name of each region (default: 'object')")
-    p.add_argument("--output", default="demo_output", help="folder for the PNGs (default: %(default)s)")
+    p.add_argument("--output", default="demo_output",
+                   help="folder for the outputs, created if needed (default: %(default)s): per image "
+                        "<stem>_answer.png, <stem>_attention_L<l>.png, <stem>_heatmap_L<l>.png and, with "
+                        "the detector, <stem>_detections.json")
     p.add_argument("--top-k", type=int, default=5, help="VQA answers listed (default: %(default)s)")
     p.add_argument("--layers", type=int, nargs="*", help="layers of the attention view (default: the last)")
     p.add_argument("--heads", type=int, nargs="*", help="heads averaged in the line view (default: all)")
-    p.add_argument("--draw-size", type=int, default=480,
-                   help="draw images whose longer side is shorter enlarged to at least this (default: %(default)s)")
+    p.add_argument("--draw-size", type=int, default=DEFAULT_MIN_DRAW_SIZE,
+                   help="draw images whose longer side is shorter enlarged (by a whole factor) to at "
+                        "least this (default: %(default)s)")
+    p.add_argument("--max-draw-size", type=int, default=DEFAULT_MAX_DRAW_SIZE,
+                   help="the cap: draw images whose longer side is longer reduced to this, which bounds "
+                        "the memory drawing takes (about 150 bytes per drawn pixel; default: %(default)s)")
     p.add_argument("--device", default="cpu")
     p.add_argument("opts", nargs=argparse.REMAINDER, help="config overrides (KEY VALUE ...)")
     args = p.parse_args(argv)
     use_detector = args.detector_weights is not None or args.detector_config is not None
     if use_detector == (args.boxes is not None):
         p.error("give the regions: --boxes, or the detector (--detector-weights), not both")
+    if not 0 < args.draw_size <= args.max_draw_size:
+        p.error(f"need 0 < --draw-size <= --max-draw-size, got {args.draw_size} and {args.max_draw_size}")
+    pairs = list_inputs(args.input, args.boxes, use_detector)
+    prepare_output(args.output)
 
     cfg = setup_cfg(args)
     model = build_model(cfg)
-    VLBertCheckpointer(model).load(cfg.MODEL.WEIGHTS)
+    try:  # .pkl through the restricted unpickler, .pth with weights_only=True: nothing runs
+        VLBertCheckpointer(model).load(cfg.MODEL.WEIGHTS)
+    except CheckpointError as e:
+        raise SystemExit(f"--weights: {e}") from None
     model.eval()
     mapper = build_vlbert_mapper(cfg, is_train=False)
     detector = build_detector(args)
     text_in = args.question if args.question is not None else args.expression
-    if os.path.isdir(args.input):
-        images = sorted(os.path.join(args.input, f) for f in os.listdir(args.input)
-                        if f.lower().endswith(IMAGE_EXTENSIONS))
-        if not images:
-            raise SystemExit(f"--input: no image in {args.input}")
-        if detector is not None:
-            pairs = [(im, None) for im in images]
-        elif not os.path.isdir(args.boxes):
-            raise SystemExit("--boxes: with a folder of images, give a folder of <stem>.json")
-        else:
-            pairs = [(im, os.path.join(args.boxes, os.path.splitext(os.path.basename(im))[0] + ".json"))
-                     for im in images]
-    else:
-        pairs = [(args.input, args.boxes)]
     for image, boxes in pairs:
-        if not os.path.isfile(image):
-            raise SystemExit(f"--input: image not found: {image}")
         summary, written = run_one(model, cfg, mapper, image, boxes, text_in, args, detector)
         print(json.dumps({"image": image, **summary, "written": written}))
 

@@ -1,5 +1,13 @@
 """Pictures of what the model answered and where it looked, drawn with detectron2's Visualizer
-(and matplotlib for the attention heatmaps)."""
+(and matplotlib for the attention heatmaps).
+
+Drawing renders through matplotlib at the picture's own size and costs about 150 bytes per
+pixel (a 12000 x 12000 photo: over 20 GB), so pictures are brought to a bounded size with
+:func:`resize_for_drawing` before they are drawn on.
+"""
+import contextlib
+import os
+
 import numpy as np
 
 from detectron2.utils.visualizer import Visualizer
@@ -7,12 +15,54 @@ from detectron2.utils.visualizer import Visualizer
 _REGION_COLOR = (0.55, 0.55, 0.55)
 _CHOSEN_COLOR = (0.1, 0.75, 0.2)
 
+DEFAULT_MIN_DRAW_SIZE = 480  # smaller pictures are enlarged, so that their text stays readable
+DEFAULT_MAX_DRAW_SIZE = 1600  # larger ones are reduced, so that drawing needs bounded memory
+
+
+def resize_for_drawing(image, boxes, min_size=DEFAULT_MIN_DRAW_SIZE, max_size=DEFAULT_MAX_DRAW_SIZE):
+    """The image and its boxes at the size they are drawn at.
+
+    A small image is enlarged by a whole factor (pixel-exact), to a longer side of at least
+    ``min_size`` but at most ``max_size``; an image whose longer side exceeds ``max_size`` is
+    reduced (area averaging) to exactly ``max_size``; others are returned as they are.
+
+    Args:
+        image (ndarray): (H, W, C) uint8, in any channel order (it is kept); contiguous, for
+            a large one (else it is copied once at full size).
+        boxes (ndarray): (N, 4) x1 y1 x2 y2 in the image's pixels.
+        min_size (int): the longer side a small image is enlarged to (at least).
+        max_size (int): the most the longer side may have; must be >= ``min_size``.
+
+    Returns:
+        (ndarray (H', W', C) uint8 with max(H', W') <= max_size (unless the input is
+        already smaller), ndarray (N, 4) float32 boxes in the new pixels).
+    """
+    if not 0 < min_size <= max_size:
+        raise ValueError(f"need 0 < min_size <= max_size, got {min_size} and {max_size}")
+    h, w = image.shape[:2]
+    longer = max(h, w)
+    boxes = np.asarray(boxes, dtype=np.float32).reshape(-1, 4)
+    if longer > max_size:
+        import cv2
+
+        new_w, new_h = max(1, round(w * max_size / longer)), max(1, round(h * max_size / longer))
+        # cv2 needs a contiguous array: pass one (a reversed-channel view, e.g. detectron2's
+        # "BGR", would be copied here at full size; reversing it back gives the contiguous RGB).
+        small = cv2.resize(np.ascontiguousarray(image), (new_w, new_h), interpolation=cv2.INTER_AREA)
+        scale = np.array([new_w / w, new_h / h, new_w / w, new_h / h], dtype=np.float32)
+        return small.reshape(new_h, new_w, -1), boxes * scale
+    factor = max(1, min(-(-min_size // longer), max_size // longer))
+    if factor == 1:
+        return image, boxes
+    return np.repeat(np.repeat(image, factor, axis=0), factor, axis=1), boxes * factor
+
 
 def draw_prediction(image_rgb, boxes, lines, chosen=None, scores=None):
     """The image with its regions, the chosen one highlighted, and text lines in the corner.
 
     Args:
-        image_rgb (ndarray): (H, W, 3) uint8 RGB.
+        image_rgb (ndarray): (H, W, 3) uint8 RGB, at its drawing size (see
+            :func:`resize_for_drawing`).
         boxes (ndarray): (N, 4) regions x1 y1 x2 y2 in the image's pixels (the whole image
             excluded).
         lines (list[str]): text to write (answer, top-k scores, the question).
@@ -68,9 +118,15 @@ def draw_attention_lines(image_rgb, boxes, tokens, weights, title=""):
     centre, whose opacity is the attention weight rescaled by the layer's maximum.
 
     Args:
+        image_rgb (ndarray): (H, W, 3) uint8 RGB, at its drawing size (see
+            :func:`resize_for_drawing`).
         boxes (ndarray): (N, 4) regions (the whole image excluded).
         tokens (list[str]): the text tokens.
         weights (ndarray): (len(tokens), N) attention of the tokens to the regions.
+        title (str): written in the top-left corner.
+
+    Returns:
+        ndarray (H + band, W, 3) uint8 RGB: the tokens in a white band above the image.
     """
     h, w = image_rgb.shape[:2]
     band = max(int(h * 0.18), 24)  # a white band above the image for the tokens
@@ -128,3 +184,34 @@ def draw_attention_heatmap(tokens, region_names, weights, title=""):
     fig.tight_layout()
     fig.canvas.draw()
     return np.asarray(fig.canvas.buffer_rgba())[..., :3].copy()
+
+
+def save_picture(path, image_rgb):
+    """Write an RGB picture as a PNG, atomically.
+
+    The PNG is encoded in memory and written to a temporary file beside ``path``, then renamed:
+    ``cv2.imwrite`` reports a failed write only by returning False, and an interrupted write
+    would leave a partial file under the final name.
+
+    Args:
+        path (str): the PNG to write.
+        image_rgb (ndarray): (H, W, 3) uint8 RGB.
+
+    Raises:
+        OSError: the file could not be written (no partial file is left behind).
+        ValueError: the picture could not be encoded.
+    """
+    import cv2
+
+    ok, png = cv2.imencode(".png", np.ascontiguousarray(image_rgb[:, :, ::-1]))
+    if not ok:
+        raise ValueError(f"{path}: cannot encode a {image_rgb.shape} {image_rgb.dtype} picture as PNG")
+    tmp = f"{path}.{os.getpid()}.tmp"
+    try:
+        with open(tmp, "wb") as f:
+            f.write(png.tobytes())
+        os.replace(tmp, path)
+    except OSError:
+        with contextlib.suppress(OSError):  # the write's own error is the one to report
+            os.remove(tmp)
+        raise
