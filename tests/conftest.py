@@ -10,11 +10,15 @@ import os
 # minute). Set before transformers / huggingface_hub are imported, which read it at import.
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 # The record checks' cache (DATALOADER.CHECK_CACHE_DIR's default) goes to a folder of this test
-# session, for this process and the tools the tests run, never to the user's ~/.cache.
-if "PYTEST_XDG_CACHE" not in os.environ:
+# session, for this process and the tools the tests run, never to the user's ~/.cache; removed
+# when the session ends.
+if "VLBERT_D2_CACHE" not in os.environ:
+    import atexit
+    import shutil
     import tempfile
 
-    os.environ["PYTEST_XDG_CACHE"] = os.environ["XDG_CACHE_HOME"] = tempfile.mkdtemp(prefix="vlbert_d2_tests_")
+    os.environ["VLBERT_D2_CACHE"] = tempfile.mkdtemp(prefix="vlbert_d2_tests_")
+    atexit.register(shutil.rmtree, os.environ["VLBERT_D2_CACHE"], ignore_errors=True)
 
 import pytest  # noqa: E402
 import torch  # noqa: E402

@@ -71,7 +71,8 @@ def test_sigkill_then_resume_ends_with_the_same_weights(data_root, uninterrupted
     res = _train(data_root, out, resume=True)
     log = res.stdout + res.stderr
     start = int(log.split("Starting training from iteration ")[1].split()[0])
-    assert start in (6, 9), start
+    # From model_0000002 when the kill fell between renaming model_0000005.pth and last_checkpoint.
+    assert start in (3, 6, 9), start
     reference, resumed = _weights(uninterrupted / "model_final.pth"), _weights(out / "model_final.pth")
     assert reference.keys() == resumed.keys()
     different = [k for k in reference if not torch.equal(reference[k], resumed[k])]
@@ -144,8 +145,12 @@ def test_sigkill_while_a_checkpoint_is_written_leaves_no_partial_file(tmp_path):
         assert state["bias"][0].item() == int(path.stem.split("_")[1])
     from vlbert_d2.checkpoint import SafeCheckpointer
 
-    last = SafeCheckpointer(torch.nn.Linear(4096, 4096), str(tmp_path)).get_checkpoint_file()
-    assert last == str(checkpoints[-1])
+    partial = [p.name for p in tmp_path.iterdir() if ".tmp." in p.name]
+    assert partial  # the kill left the interrupted write's temporary file ...
+    last = SafeCheckpointer(torch.nn.Linear(4096, 4096), str(tmp_path), save_to_disk=True).get_checkpoint_file()
+    # last_checkpoint is renamed after the checkpoint: it names the newest or the one before.
+    assert last in (str(checkpoints[-1]), str(checkpoints[-2]) if len(checkpoints) > 1 else None)
+    assert not [p for p in tmp_path.iterdir() if ".tmp." in p.name]  # ... which the next run removes
 
 
 def test_a_non_finite_loss_names_the_records_of_the_batch(tiny_cfg, synthetic_dicts, tmp_path):
@@ -169,4 +174,4 @@ def test_a_non_finite_loss_names_the_records_of_the_batch(tiny_cfg, synthetic_di
         trainer.run_step()
     sources = {d["annot_id"]: d["source"] for d in synthetic_dicts["train"]}
     assert len(seen) == 2
-    assert "Records of this batch (process 0): " + ", ".join(sources[a] for a in seen) in str(e.value)
+    assert "Records of this batch: " + ", ".join(f"{sources[a]} (rank 0)" for a in seen) in str(e.value)

@@ -148,7 +148,7 @@ def test_resume_after_interruption(folder, weights, tmp_path, monkeypatch):
     monkeypatch.setattr(bua.RegionDetector, "__call__", original)
     first = (out / "1.json").read_text()
     (out / "2.json").write_text((out / "2.json").read_text()[:100])  # damaged since: redone
-    (out / "4.json.tmp").write_text("{half")  # a write the interruption cut: replaced
+    (out / "4.json.tmp.999999999").write_text("{half")  # a write a killed process cut: removed
     summary = run(folder, out, weights, "--batch-size", "1")
     assert (summary["skipped"], summary["written"], summary["failed"]) == (1, 4, 2)
     assert sorted(os.listdir(out)) == sorted([f"{i}.json" for i in GOOD] + ["failed_images.tsv"])

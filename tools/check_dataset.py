@@ -86,7 +86,10 @@ def main(argv=None):
             print(f"ERROR: dataset '{name}' cannot be loaded: {type(e).__name__}: {e}")
             failed.append(name)
             continue
-        report = check_records(cfg, name, dicts, progress=not args.no_progress)
+        # A training dataset is checked with the training form of its mapper (labels and
+        # answers required), as tools/train_net.py does; the others with the evaluation form.
+        report = check_records(cfg, name, dicts, progress=not args.no_progress,
+                               is_train=name in cfg.DATASETS.TRAIN)
         total += report.checked
         bad_total += len(report.bad)
         print(report.summary())

@@ -19,7 +19,7 @@ import os
 
 import numpy as np
 
-from ..utils.files import read_json_any
+from ..utils.files import atomic_write, read_json_any
 
 _ARRAYS = ("boxes", "features", "classes")
 # Image sides and box counts above this are corrupt values: float32 (the box tensors) holds
@@ -52,10 +52,8 @@ def encode_detection(image_id, image_w, image_h, boxes, features=None, classes=N
 def write_detection(path, record):
     """Write a record atomically (a reader never sees a half-written file)."""
     os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
-    tmp = path + ".tmp"
-    with open(tmp, "w") as f:
+    with atomic_write(path, "w", encoding="utf-8") as f:
         json.dump(record, f)
-    os.replace(tmp, path)
 
 
 def _decode(record, key, num_boxes, path, width=None):

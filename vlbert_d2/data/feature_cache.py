@@ -20,6 +20,8 @@ import os
 import numpy as np
 import torch
 
+from ..utils.files import atomic_write
+
 INDEX = "index.json"
 
 
@@ -124,7 +126,5 @@ class FeatureCacheWriter:
             self.items[key] = [shard, offset, len(features), h, w]
             offset += len(features)
         self._pending = []
-        tmp = os.path.join(self.directory, INDEX + ".tmp")
-        with open(tmp, "w", encoding="utf-8") as f:
+        with atomic_write(os.path.join(self.directory, INDEX), "w", encoding="utf-8") as f:
             json.dump({"dim": self.dim, "shards": self.shards, "items": self.items}, f)
-        os.replace(tmp, os.path.join(self.directory, INDEX))

@@ -141,15 +141,16 @@ class ResumableTrainLoader:
         if total_batch_size <= 0 or total_batch_size % world:
             raise ValueError(f"SOLVER.IMS_PER_BATCH={total_batch_size} cannot be shared evenly by "
                              f"{world} processes")
-        per_rank = total_batch_size // world
+        self._per_rank = per_rank = total_batch_size // world
         self._lo, self._hi = rank * per_rank, (rank + 1) * per_rank
         groups = _aspect_groups(dicts) if aspect_ratio_grouping else None
         self.plan = BatchPlan(len(dicts), total_batch_size, seed, groups)
-        self._records = dicts  # for naming the records of a batch
+        # Serialised, so that the worker processes share its pages instead of copying them (no
+        # list of dicts is kept beside it).
         self.dataset = DatasetFromList(dicts, copy=True, serialize=True)
         self.mapper, self.num_workers = mapper, num_workers
         self._state = BatchPlan.initial_state()
-        self.last_batch = []  # (position, record index) of this process's last batch
+        self.last_batch = []  # (position, record index) of the last global batch
 
     @property
     def seed(self):
@@ -178,12 +179,13 @@ class ResumableTrainLoader:
             self._state = {"next": int(state.get("next", 0)), "buckets": [[], []]}
 
     def describe_last_batch(self, limit=16):
-        """The sources of the records of this process's last batch, for error messages."""
+        """The records of the last global batch (every process's share, by rank), for error
+        messages: a non-finite loss is detected on the main process after averaging."""
         names = []
-        for p, i in self.last_batch[:limit]:
-            d = self._records[i]
-            names.append(str(d.get("source") or d.get("annot_id") or d.get("question_id")
-                             or d.get("file_name") or f"record {i}"))
+        for k, (p, i) in enumerate(self.last_batch[:limit]):
+            d = self.dataset[i]
+            name = d.get("source") or d.get("annot_id") or d.get("question_id") or d.get("file_name")
+            names.append(f"{name or f'record {i}'} (rank {k // self._per_rank})")
         more = len(self.last_batch) - limit
         return ", ".join(names) + (f" (+{more} more)" if more > 0 else "")
 
@@ -197,5 +199,5 @@ class ResumableTrainLoader:
             batches = iter(loader)
         for (planned, state), batch in zip(self.plan.batches(start), batches):
             self._state = state
-            self.last_batch = planned[self._lo:self._hi]
+            self.last_batch = planned
             yield batch

@@ -5,15 +5,17 @@ feature) used to surface only when the sampler reached it: a clear error, but at
 after minutes of training, with no checkpoint. Here every record of a dataset is checked before
 training or evaluation starts:
 
-- the task's own dataset mapper (its evaluation form, which is deterministic) runs once on the
-  record, so the check covers exactly what training would fail on (the readers it calls refuse
+- the task's own dataset mapper (the training form for training datasets, under seeded
+  generators, the evaluation form otherwise) runs once on the record, so the check covers
+  exactly what training or evaluation would fail on (the readers it calls refuse
   non-finite values, zero-area boxes, wrong sizes, with the file, line and field named);
 - the record's boxes are compared with its image's size: a box with no area left inside the
   image is a bad record; one partly outside is clipped by the mapper, and counted here so that
   the clipping is logged instead of silent.
 
 The work runs in ``DATALOADER.NUM_WORKERS`` processes (0 or 1: in the calling one) with a
-progress bar, and each good record is cached on disk under a key made of the record's content
+progress bar; in a distributed run every process checks its share of the records and the results
+are gathered, so that all processes keep the same records; and each good record is cached on disk under a key made of the record's content
 and the (path, size, mtime) of every file it names, so a second run over unchanged data starts
 at once (only the bad records, if any, are checked again).
 ``DATALOADER.BAD_RECORDS`` decides what bad records do: "error" (stop, listing them) or "skip"
@@ -37,7 +39,8 @@ import torch
 from detectron2.data import MetadataCatalog
 from detectron2.utils import comm
 
-from ..utils.files import ZIP_SEPARATOR, split_zip_path
+from ..utils.files import ZIP_SEPARATOR, atomic_write, split_zip_path
+from ..utils.records import note_skipped
 from ..utils.seeding import seeded_rngs
 from .datasets.vcr import load_vcr_metadata
 from .detections import read_detection
@@ -187,7 +190,7 @@ def _describe(error, d):
 class _RecordChecker:
     """Callable: record -> {"error": [field, file, type, message] or None, "clipped": int}."""
 
-    def __init__(self, cfg):
+    def __init__(self, cfg, is_train):
         from . import build_vlbert_mapper  # the package imports this module
 
         cfg = cfg.clone()
@@ -195,13 +198,16 @@ class _RecordChecker:
         # The sentence-image relationship task only swaps captions (it cannot fail on a record),
         # and building it would load every caption of the datasets in every worker.
         cfg.MODEL.VLBERT.PRETRAIN.WITH_REL = False
-        self.mapper = build_vlbert_mapper(cfg, is_train=False)
+        # The training form checks what only training needs (labels, answers); its random
+        # choices (flip, masking) are drawn from generators seeded per record, see __call__.
+        self.mapper = build_vlbert_mapper(cfg, is_train=is_train)
         # With a feature cache the VCR mapper never reads the images' metadata: nor does the check.
         self.read_vcr_metadata = not cfg.MODEL.VLBERT.FEATURE_CACHE
 
     def __call__(self, d):
         try:
-            self.mapper(d)
+            with seeded_rngs(0):
+                self.mapper(d)
             return {"error": None, "clipped": _check_boxes(d, self.read_vcr_metadata)}
         except Exception as e:  # any failure of the mapper is what the check is for
             field, path = _describe(e, d)
@@ -211,17 +217,17 @@ class _RecordChecker:
 _WORKER_CHECKER = None
 
 
-def _init_worker(cfg):
+def _init_worker(cfg, is_train):
     global _WORKER_CHECKER
     torch.set_num_threads(1)  # the processes share the cores
-    _WORKER_CHECKER = _RecordChecker(cfg)
+    _WORKER_CHECKER = _RecordChecker(cfg, is_train)
 
 
 def _check_in_worker(d):
     return _WORKER_CHECKER(d)
 
 
-def _map_records(cfg, records, workers, progress, what):
+def _map_records(cfg, is_train, records, workers, progress, what):
     """Yield (position, result) for every record, in order, checked in ``workers`` processes
     (0 or 1: in this one)."""
     from tqdm import tqdm
@@ -239,7 +245,7 @@ def _map_records(cfg, records, workers, progress, what):
             chunk = max(1, min(32, len(records) // (4 * workers)))
             try:
                 with concurrent.futures.ProcessPoolExecutor(workers, mp_context=context, initializer=_init_worker,
-                                                            initargs=(cfg,)) as pool:
+                                                            initargs=(cfg, is_train)) as pool:
                     for result in pool.map(_check_in_worker, records, chunksize=chunk):
                         yield done, result
                         done += 1
@@ -250,13 +256,13 @@ def _map_records(cfg, records, workers, progress, what):
                 logger.warning("A record-check worker process died; checking the remaining %d records "
                                "in the main process", len(records) - done)
         if done < len(records):
-            # Seeded, then put back: checking in process must not change the training's draws.
-            with seeded_rngs(0):
-                checker = _RecordChecker(cfg)
-                for d in records[done:]:
-                    yield done, checker(d)
-                    done += 1
-                    bar.update(1)
+            # Each record is mapped under seeded generators that are put back afterwards:
+            # checking in process does not change the training's draws.
+            checker = _RecordChecker(cfg, is_train)
+            for d in records[done:]:
+                yield done, checker(d)
+                done += 1
+                bar.update(1)
     finally:
         bar.close()
 
@@ -266,10 +272,12 @@ def _map_records(cfg, records, workers, progress, what):
 
 
 def cache_dir(cfg):
-    """``DATALOADER.CHECK_CACHE_DIR``, else ``$XDG_CACHE_HOME/vlbert_d2/record_checks`` (default
-    ``~/.cache/vlbert_d2/record_checks``)."""
+    """``DATALOADER.CHECK_CACHE_DIR``, else ``$VLBERT_D2_CACHE/record_checks``, else
+    ``$XDG_CACHE_HOME/vlbert_d2/record_checks`` (default ``~/.cache/vlbert_d2/record_checks``)."""
     if cfg.DATALOADER.CHECK_CACHE_DIR:
         return os.path.expanduser(cfg.DATALOADER.CHECK_CACHE_DIR)
+    if os.environ.get("VLBERT_D2_CACHE"):
+        return os.path.join(os.path.expanduser(os.environ["VLBERT_D2_CACHE"]), "record_checks")
     base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
     return os.path.join(base, "vlbert_d2", "record_checks")
 
@@ -288,10 +296,10 @@ def _stat(path, memo):
     return memo[target]
 
 
-def _fingerprint(cfg):
+def _fingerprint(cfg, is_train):
     """What, beside the record and its files, decides a check's result: this module's version,
-    the input and model keys the mapper is built from, and the feature cache it reads."""
-    parts = [str(CHECK_VERSION), cfg.MODEL.VLBERT.HEAD, cfg.INPUT.dump(), cfg.MODEL.VLBERT.dump()]
+    the mapper's form, the input and model keys it is built from, and the feature cache it reads."""
+    parts = [str(CHECK_VERSION), str(is_train), cfg.MODEL.VLBERT.HEAD, cfg.INPUT.dump(), cfg.MODEL.VLBERT.dump()]
     if cfg.MODEL.VLBERT.FEATURE_CACHE:
         parts.append(repr(_stat(os.path.join(cfg.MODEL.VLBERT.FEATURE_CACHE, "index.json"), {})))
     return hashlib.sha256("\0".join(parts).encode()).digest()
@@ -365,22 +373,26 @@ class _ResultCache:
 # Checking a dataset
 
 
-def check_records(cfg, dataset_name, dicts, progress=True):
+def check_records(cfg, dataset_name, dicts, progress=True, is_train=False):
     """Check every record of a dataset (see the module docstring); nothing is dropped or raised.
+
+    In a distributed run every process must call it with the same records: each checks its
+    share of those the cache does not know, and the results are gathered.
 
     Args:
         cfg (CfgNode): the config the task's mapper is built from; ``DATALOADER.NUM_WORKERS``
             processes do the work (0 or 1: this one), ``DATALOADER.CHECK_CACHE_DIR`` caches it.
         dataset_name (str): for messages.
         dicts (list[dict]): the dataset's records.
-        progress (bool): show a progress bar.
+        progress (bool): show a progress bar (on the main process).
+        is_train (bool): check with the training form of the mapper.
 
     Returns:
         RecordCheckReport
     """
     start = time.perf_counter()
     report = RecordCheckReport(dataset_name, checked=len(dicts))
-    fingerprint, memo = _fingerprint(cfg), {}
+    fingerprint, memo = _fingerprint(cfg, is_train), {}
     keys = [_record_key(d, fingerprint, memo) for d in dicts]
     cache = _ResultCache(cache_dir(cfg))
     try:
@@ -392,19 +404,36 @@ def check_records(cfg, dataset_name, dicts, progress=True):
             logger.info("Checking %d records of '%s' (%d known from the cache %s) in %d processes",
                         len(todo), dataset_name, report.cache_hits, cache_dir(cfg),
                         max(1, min(cfg.DATALOADER.NUM_WORKERS, len(todo))))
-        pending = []
-        for position, result in _map_records(cfg, [dicts[i] for i in todo], cfg.DATALOADER.NUM_WORKERS, progress,
-                                             dataset_name):
-            i = todo[position]
-            results[i] = result
-            # Only good results are kept: a failure may be transient or fixed without changing
-            # the file's size or mtime (a permission, a mount), and bad records are few.
-            if result["error"] is None:
-                pending.append((keys[i], result))
-            if len(pending) >= 1000:  # an interrupted check keeps what it has done
-                cache.put_many(pending)
-                pending = []
-        cache.put_many(pending)
+        rank, world = comm.get_rank(), comm.get_world_size()
+        mine, pending, failure = todo[rank::world], [], None
+        try:
+            for position, result in _map_records(cfg, is_train, [dicts[i] for i in mine],
+                                                 cfg.DATALOADER.NUM_WORKERS, progress and rank == 0, dataset_name):
+                i = mine[position]
+                results[i] = result
+                # Only good results are kept: a failure may be transient or fixed without
+                # changing the file's size or mtime (a permission, a mount), and bad records
+                # are few.
+                if result["error"] is None:
+                    pending.append((keys[i], result))
+                if len(pending) >= 1000:  # an interrupted check keeps what it has done
+                    cache.put_many(pending)
+                    pending = []
+            cache.put_many(pending)
+        except Exception as e:  # reported after the gather, so that no process waits forever
+            failure = e
+        if world > 1:
+            parts = comm.all_gather((None if failure else [(i, results[i]) for i in mine],
+                                     repr(failure) if failure else None))
+            if failure is None and any(f for _, f in parts):
+                raise RuntimeError(f"the record check of '{dataset_name}' failed in another process: "
+                                   + next(f for _, f in parts if f))
+            if failure is None:
+                for part, _ in parts:
+                    for i, result in part:
+                        results[i] = result
+        if failure is not None:
+            raise failure
     finally:
         cache.close()
     for i, (d, result) in enumerate(zip(dicts, results)):
@@ -427,10 +456,9 @@ def write_bad_records(report, output_dir):
     ``output_dir/bad_records_<dataset>.jsonl``; returns the path."""
     os.makedirs(output_dir, exist_ok=True)
     path = os.path.join(output_dir, _file_name(report.dataset))
-    with open(path + ".tmp", "w", encoding="utf-8") as f:
+    with atomic_write(path, "w", encoding="utf-8") as f:
         for bad in report.bad:
             f.write(json.dumps(dict(dataclasses.asdict(bad), dataset=report.dataset)) + "\n")
-    os.replace(path + ".tmp", path)
     return path
 
 
@@ -485,8 +513,9 @@ def check_dataset_records(cfg, dataset_name, dicts, is_train, output_dir=None):
     records to use under ``DATALOADER.BAD_RECORDS`` (all of them when
     ``DATALOADER.CHECK_RECORDS`` is off).
 
-    The main process does the work; the other processes of a distributed run then read its
-    results from the cache, so that every process keeps the same records.
+    In a distributed run each process checks a share of the records and the results are
+    gathered, so that every process keeps the same records. Records left out ("skip") are noted
+    for the evaluators (:func:`vlbert_d2.utils.records.skipped_records`).
 
     Args:
         cfg (CfgNode): the run's config.
@@ -506,15 +535,7 @@ def check_dataset_records(cfg, dataset_name, dicts, is_train, output_dir=None):
     if MetadataCatalog.get(dataset_name).get("pretrain_kind", None) == "text":
         # Text-corpus samples name no file and hold no number: their reader has checked them.
         return dicts
-    report, failure = None, None
-    if comm.is_main_process():
-        try:
-            report = check_records(cfg, dataset_name, dicts)
-        except Exception as e:  # raised after the barrier, so that no process waits forever
-            failure = e
-    comm.synchronize()
-    if failure is not None:
-        raise failure
-    if report is None:
-        report = check_records(cfg, dataset_name, dicts, progress=False)
-    return apply_policy(report, dicts, policy, cfg.OUTPUT_DIR if output_dir is None else output_dir, is_train)
+    report = check_records(cfg, dataset_name, dicts, is_train=is_train)
+    kept = apply_policy(report, dicts, policy, cfg.OUTPUT_DIR if output_dir is None else output_dir, is_train)
+    note_skipped(dataset_name, [dicts[b.index] for b in report.bad] if len(kept) < len(dicts) else [])
+    return kept

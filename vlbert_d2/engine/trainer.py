@@ -18,6 +18,7 @@ import weakref
 
 from torch.nn.parallel import DistributedDataParallel
 
+from detectron2.data import DatasetCatalog
 from detectron2.engine import AMPTrainer, DefaultTrainer, SimpleTrainer, TrainerBase
 from detectron2.engine.hooks import HookBase
 from detectron2.utils import comm
@@ -27,6 +28,7 @@ from ..checkpoint import VLBertCheckpointer
 from ..data import build_vlbert_mapper, build_vlbert_train_loader
 from ..data.build import training_seed
 from ..data.test_loader import build_vlbert_test_loader
+from ..data.validation import check_dataset_records
 from ..evaluation import build_vlbert_evaluator
 from ..solver import build_lr_scheduler, build_optimizer
 from ..utils.seeding import derive_seed, seed_global_rngs
@@ -71,10 +73,18 @@ class VLBertTrainer(DefaultTrainer):
         if not logging.getLogger("detectron2").isEnabledFor(logging.INFO):
             setup_logger()
         cfg = DefaultTrainer.auto_scale_workers(cfg, comm.get_world_size())
+        if cfg.DATALOADER.SAMPLER_TRAIN != "TrainingSampler" or cfg.DATALOADER.REPEAT_THRESHOLD:
+            # The resumable loader plans its own order; say so rather than ignore the keys.
+            raise ValueError("DATALOADER.SAMPLER_TRAIN / REPEAT_THRESHOLD are not supported: VL-BERT's "
+                             "training loader shuffles every epoch (vlbert_d2/data/resumable_loader.py)")
         self.seed = training_seed(cfg)
         model = self.build_model(cfg)
         optimizer = self.build_optimizer(cfg, model)
         self.train_loader = build_vlbert_train_loader(cfg, build_vlbert_mapper(cfg, is_train=True), self.seed)
+        # The evaluation datasets too are checked before iteration 0 (not at the first
+        # evaluation, hours in); the evaluations then find the results in the cache.
+        for name in cfg.DATASETS.TEST:
+            check_dataset_records(cfg, name, DatasetCatalog.get(name), is_train=False)
         model = create_ddp_model(model)
         self._trainer = (AMPTrainer if cfg.SOLVER.AMP.ENABLED else SimpleTrainer)(model, self.train_loader, optimizer)
         self.scheduler = self.build_lr_scheduler(cfg, optimizer)
@@ -91,17 +101,29 @@ class VLBertTrainer(DefaultTrainer):
 
     def load_state_dict(self, state_dict):
         super().load_state_dict(state_dict)
+        older = []
         if "_trainer" in state_dict:
             self._trainer.load_state_dict(state_dict["_trainer"])
         else:
-            logger.warning("The checkpoint has no optimizer state (written by an older version): "
-                           "the optimizer starts afresh, so the run will not match an uninterrupted one")
+            older.append("the optimizer state (it starts afresh)")
+        if "ExactResume" not in state_dict.get("hooks", {}):
+            older.append("the data position and seed (the data order restarts)")
+        if older:
+            logger.warning("The checkpoint (written by an older version) lacks %s: the run will not "
+                           "match an uninterrupted one", " and ".join(older))
+
+    def resume_or_load(self, resume=True):
+        """As detectron2's, but the iteration counter moves on only when a checkpoint's training
+        state was actually loaded (a resume that found no readable checkpoint starts at 0)."""
+        self.checkpointer.resume_or_load(self.cfg.MODEL.WEIGHTS, resume=resume)
+        if self.checkpointer.resumed_from:
+            self.start_iter = self.iter + 1
 
     def run_step(self):
         try:
             super().run_step()
         except FloatingPointError as e:
-            raise FloatingPointError(f"{e}\nRecords of this batch (process {comm.get_rank()}): "
+            raise FloatingPointError(f"{e}\nRecords of this batch: "
                                      f"{self.train_loader.describe_last_batch()}") from None
 
     @classmethod

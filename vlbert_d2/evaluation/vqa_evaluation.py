@@ -8,6 +8,7 @@ from detectron2.data import DatasetCatalog
 from detectron2.evaluation import DatasetEvaluator
 from detectron2.utils.file_io import PathManager
 
+from ..utils.records import skipped_records
 from .common import gather_on_main
 from .vqa_eval import vqa_metrics
 
@@ -66,17 +67,19 @@ class VQAEvaluator(DatasetEvaluator):
             logger.warning("%s: no annotations (a test split): accuracy not computed; submit the "
                            "results file to the VQA evaluation server", self._dataset_name)
             return {"vqa": {"num_predictions": float(len(predictions))}}
-        unscored = [q for q in annotated if q not in predictions]
+        # Questions left out by the record check (DATALOADER.BAD_RECORDS skip, listed in
+        # OUTPUT_DIR/bad_records_<dataset>.jsonl) are not scored, and say so; any other question
+        # without a prediction is an error (vqa_metrics).
+        skipped = {d.get("question_id") for d in skipped_records(self._dataset_name)}
+        unscored = [q for q in annotated if q not in predictions and q in skipped]
         if unscored:
-            # Records left out by DATALOADER.BAD_RECORDS "skip" (listed in
-            # OUTPUT_DIR/bad_records_<dataset>.jsonl): the accuracy covers the others only.
-            logger.warning("%s: %d of %d annotated questions have no prediction (skipped as bad "
-                           "records?); the accuracy covers the other %d only", self._dataset_name,
-                           len(unscored), len(annotated), len(annotated) - len(unscored))
-            annotated = {q: d for q, d in annotated.items() if q in predictions}
+            logger.warning("%s: %d of %d annotated questions were skipped as bad records; the "
+                           "accuracy covers the other %d", self._dataset_name, len(unscored),
+                           len(annotated), len(annotated) - len(unscored))
+            annotated = {q: d for q, d in annotated.items() if q not in set(unscored)}
         metrics = vqa_metrics(predictions, annotated)
         result = {"accuracy": metrics["overall"], "num_predictions": float(len(predictions))}
         if unscored:
-            result["num_unscored"] = float(len(unscored))
+            result["num_skipped"] = float(len(unscored))
         result.update({k: v for k, v in metrics["perAnswerType"].items()})
         return {"vqa": result}

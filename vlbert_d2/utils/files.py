@@ -1,6 +1,9 @@
 """Reading the datasets' text and JSON files with errors that name the file and line."""
+import contextlib
 import json
+import logging
 import math
+import os
 import re
 import sys
 
@@ -43,6 +46,8 @@ def iter_text_lines(path, format_error):
 # Files inside uncompressed zip archives: "archive.zip@/inner/path" (the official Conceptual
 # Captions preparation stores images and detection files this way).
 
+logger = logging.getLogger(__name__)
+
 ZIP_SEPARATOR = ".zip@"
 _ZIP_HANDLES = {}  # (pid, archive) -> ZipFile: one handle per process (data-loader workers fork)
 
@@ -56,7 +61,6 @@ def split_zip_path(path):
 
 
 def _zip_handle(archive):
-    import os
     import zipfile
 
     key = (os.getpid(), archive)
@@ -96,8 +100,6 @@ def read_bytes(path):
 
 def path_exists(path):
     """Whether a file (or a zip archive's member, see :func:`read_bytes`) exists."""
-    import os
-
     archive, inner = split_zip_path(path)
     if archive is None:
         return os.path.exists(path)
@@ -138,6 +140,13 @@ def _parse_float(token):
 
 
 _DECODER = json.JSONDecoder(parse_float=_parse_float, parse_constant=_refuse_constant)
+# A Python parse_float costs a call per number (it halves the parsing speed of metadata full of
+# polygon coordinates); only text with a 3-digit exponent can hold a float beyond the double range
+# as written in practice (1e999). A mantissa of 309+ digits would also overflow; scanning for
+# that costs more than the parse, and the readers' own checks refuse non-finite boxes, sizes and
+# features wherever such a value could land.
+_FAST_DECODER = json.JSONDecoder(parse_constant=_refuse_constant)
+_MAYBE_HUGE = re.compile(r"[eE][+-]?\d{3}")
 
 
 def _line_of(text, token_pattern):
@@ -160,7 +169,7 @@ def _parse_json(text, source, format_error, bad, whole_file):
         whole_file (bool): ``source`` is a whole file: the message adds the line where it can.
     """
     try:
-        return _DECODER.decode(text)
+        return (_DECODER if _MAYBE_HUGE.search(text) else _FAST_DECODER).decode(text)
     except json.JSONDecodeError as e:  # its message gives line and column
         raise format_error(f"{source}: {bad} ({e})") from None
     except _InvalidNumber as e:
@@ -224,3 +233,62 @@ def iter_json_lines(path, format_error, required=(), skip_blank=False):
             if field not in record:
                 raise format_error(f"{source}: missing field '{field}'")
         yield source, record
+
+
+# --------------------------------------------------------------------------------------------
+# Writing files so that no reader (nor a crash) ever sees half of one.
+
+@contextlib.contextmanager
+def atomic_write(path, mode="wb", encoding=None):
+    """Open a temporary file beside ``path`` for writing; when the block ends without error it
+    is flushed to disk and renamed over ``path`` (a rename within a folder is atomic), else it
+    is removed. The temporary name ends in ``.tmp.<pid>``, so that a later run can tell the
+    leftovers of a killed process (``vlbert_d2.checkpoint.checkpointer.remove_stale_temporaries``).
+
+    Example::
+
+        with atomic_write("out.json", "w", encoding="utf-8") as f:
+            json.dump(record, f)
+    """
+    tmp = f"{path}.tmp.{os.getpid()}"
+    try:
+        with open(tmp, mode, encoding=encoding) as f:
+            yield f
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            with contextlib.suppress(OSError):  # the write's own error is the one to report
+                os.remove(tmp)
+
+
+_TEMPORARY = re.compile(r"\.tmp\.(\d+)$")  # atomic_write's temporary files
+
+
+def _pid_alive(pid):
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def remove_stale_temporaries(folder):
+    """Delete the temporary files of writes that a killed process left in ``folder`` (they can
+    be as large as a checkpoint); those of live processes are kept. Returns the names removed."""
+    removed = []
+    for name in os.listdir(folder) if os.path.isdir(folder) else []:
+        m = _TEMPORARY.search(name)
+        if m and not _pid_alive(int(m.group(1))):
+            try:
+                os.remove(os.path.join(folder, name))
+                removed.append(name)
+            except OSError:
+                pass
+    if removed:
+        logger.warning("Removed %d partial file(s) of an interrupted write in %s: %s", len(removed),
+                       folder, ", ".join(removed))
+    return removed

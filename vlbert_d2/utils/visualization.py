@@ -5,12 +5,11 @@ Drawing renders through matplotlib at the picture's own size and costs about 150
 pixel (a 12000 x 12000 photo: over 20 GB), so pictures are brought to a bounded size with
 :func:`resize_for_drawing` before they are drawn on.
 """
-import contextlib
-import os
-
 import numpy as np
 
 from detectron2.utils.visualizer import Visualizer
+
+from .files import atomic_write
 
 _REGION_COLOR = (0.55, 0.55, 0.55)
 _CHOSEN_COLOR = (0.1, 0.75, 0.2)
@@ -206,12 +205,5 @@ def save_picture(path, image_rgb):
     ok, png = cv2.imencode(".png", np.ascontiguousarray(image_rgb[:, :, ::-1]))
     if not ok:
         raise ValueError(f"{path}: cannot encode a {image_rgb.shape} {image_rgb.dtype} picture as PNG")
-    tmp = f"{path}.{os.getpid()}.tmp"
-    try:
-        with open(tmp, "wb") as f:
-            f.write(png.tobytes())
-        os.replace(tmp, path)
-    except OSError:
-        with contextlib.suppress(OSError):  # the write's own error is the one to report
-            os.remove(tmp)
-        raise
+    with atomic_write(path) as f:
+        f.write(png.tobytes())

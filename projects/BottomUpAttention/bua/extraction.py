@@ -11,6 +11,7 @@ from torch.utils.data import DataLoader, Dataset
 from tqdm import tqdm
 
 from vlbert_d2.data.common import read_image
+from vlbert_d2.utils.files import atomic_write, remove_stale_temporaries
 from vlbert_d2.data.detections import DetectionFormatError, read_detection, write_detection
 
 from .regions import detection_record
@@ -202,6 +203,9 @@ def extract_regions(detector, items, batch_size=1, num_workers=0, with_features=
         "failed" (list of (path, reason)).
     """
     mine = shard(items, rank, world_size)
+    # The temporary files of writes an interrupted run left behind (never under an output name).
+    for folder in sorted({os.path.dirname(it.output) for it in mine}):
+        remove_stale_temporaries(folder)
     done = _done_outputs([it for it in mine if os.path.isfile(it.output)], num_workers, progress)
     todo = [it for it in mine if it.output not in done]
     stats = {"total": len(mine), "skipped": len(mine) - len(todo), "written": 0, "failed": []}
@@ -262,9 +266,7 @@ def write_failure_report(output_dir, failed):
         if os.path.exists(path):
             os.remove(path)
         return None
-    tmp = path + ".tmp"
-    with open(tmp, "w", encoding="utf-8") as f:
+    with atomic_write(path, "w", encoding="utf-8") as f:
         for p, reason in sorted(failed):
             f.write(f"{p}\t{reason}\n")
-    os.replace(tmp, path)
     return path

@@ -26,6 +26,8 @@ import zlib
 import cv2
 import numpy as np
 
+from ...utils.files import atomic_write
+
 DEFAULT_COUNTS = {"train": 2000, "val": 200, "test": 100}
 SHAPES = ("ball", "box", "kite")
 # BGR values; chosen to stay far apart in color space even after JPEG.
@@ -183,10 +185,8 @@ def _make_record(rng, qtype, objects, width, height):
 
 
 def _write_atomic(path, data):
-    tmp = path + ".tmp"
-    with open(tmp, "wb") as f:
+    with atomic_write(path) as f:
         f.write(data)
-    os.replace(tmp, path)
 
 
 def _generate_split(root, split, count, seed, image_size, question_types):
