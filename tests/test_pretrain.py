@@ -142,13 +142,14 @@ def test_box_selection_keeps_confident_boxes_within_min_and_max():
 
 
 def test_text_corpus_joins_lines_and_names_bad_bytes(tmp_path):
-    from vlbert_d2.data.datasets.pretrain import PretrainFormatError, load_text_corpus
+    from vlbert_d2.data.datasets.pretrain import PretrainFormatError, load_text_corpus, read_corpus_sample
 
     f = tmp_path / "corpus.txt"
     f.write_text("one two three\n\nfour five\nsix seven eight nine\nten\n")
     samples = load_text_corpus([str(f)], min_words=4)
-    assert [s["text"] for s in samples] == ["one two three four five", "six seven eight nine", "ten"]
-    assert samples[1]["source"].endswith("corpus.txt:4")
+    # The records point into the file; the text is read when a record is used.
+    assert [read_corpus_sample(s) for s in samples] == ["one two three four five", "six seven eight nine", "ten"]
+    assert samples[1]["source"].endswith("corpus.txt:4") and "text" not in samples[1]
     f.write_bytes(b"fine line\n\xff\xfe broken\n")
     with pytest.raises(PretrainFormatError, match=r"corpus.txt:2: not UTF-8"):
         load_text_corpus([str(f)])
@@ -157,10 +158,11 @@ def test_text_corpus_joins_lines_and_names_bad_bytes(tmp_path):
 
 
 def test_text_samples_are_cut_to_the_maximum_length(tokenizer):
-    cfg = pretrain_cfg(MODEL__VLBERT__PRETRAIN__TEXT_MAX_LEN=12)
+    cfg = pretrain_cfg(MODEL__VLBERT__PRETRAIN__TEXT_MAX_LEN=12, MODEL__VLBERT__PRETRAIN__MLM_PROB=0.0)
     out = mapper(cfg)({"text": " ".join(["word"] * 100), "source": "c.txt:1"})
     assert out["input_ids"].shape == (1, 12) and out["mlm_labels"].shape == (1, 12)
-    assert out["input_ids"][0, 0] == tokenizer.cls_token_id and out["input_ids"][0, -1] == tokenizer.sep_token_id
+    # 12 word pieces, no [CLS] or [SEP] (official text-only input).
+    assert out["input_ids"][0].tolist() == tokenizer.convert_tokens_to_ids(["word"] * 12)
     assert "boxes" not in out and out["pretrain_kind"] == "text"
 
 

@@ -20,7 +20,7 @@ from vlbert_d2.data.datasets import (
     load_vcr_metadata,
     register_vcr,
 )
-from vlbert_d2.data.vcr_mapper import GENDER_NEUTRAL_NAMES, tokenize_vcr, truncate_pair
+from vlbert_d2.data.vcr_mapper import GENDER_NEUTRAL_NAMES, tokenize_vcr, truncate_q2a, truncate_qa2r
 
 # --------------------------------------------------------------------------- a hand-made record
 WIDTH, HEIGHT = 120, 80
@@ -246,8 +246,9 @@ def test_tokenize_vcr_object_references():
     assert pieces == [GENDER_NEUTRAL_NAMES[0].lower(), "and", GENDER_NEUTRAL_NAMES[1].lower()]
     assert pieces == ["casey", "and", "riley"]
     assert tags == [1, 0, 2]
+    # Three or more: "a and b and c", as the official loader (not "a , b and c").
     pieces, tags = tokenize_vcr(["is", [0, 1, 2], "happy", [2]], OBJECTS, lambda w: [w.lower()])
-    assert pieces == ["is", "casey", ",", "riley", "and", "dog", "happy", "dog"]
+    assert pieces == ["is", "casey", "and", "riley", "and", "dog", "happy", "dog"]
     assert tags == [0, 1, 0, 2, 0, 3, 0, 3]
 
 
@@ -260,12 +261,41 @@ def test_tokenize_vcr_with_wordpieces(tokenizer):
     assert tags == [0, 0] + [3] * len(name) + [0] + [4] * len(umbrella) + [0]
 
 
-def test_truncate_pair_drops_from_the_longer():
-    a = (list("abcdef"), [1] * 6)
-    b = (list("xy"), [2] * 2)
-    a2, b2 = truncate_pair(a, b, 5)
-    assert a2 == (list("abc"), [1] * 3) and b2 == (list("xy"), [2] * 2)
-    assert a == (list("abcdef"), [1] * 6)  # inputs untouched
+def _seq(text, tag):
+    return list(text), [tag] * len(text)
+
+
+def test_truncate_q2a_official_rule():
+    """Hand-computed with the official rule (vcr.py, seq_len 10): per answer in turn, cut the
+    answer while it is longer than the question, else the question (also on equal lengths);
+    the question stays cut for the later answers and is used in its final form by all."""
+    q = _seq("abcdefgh", 1)
+    answers = [_seq("wxyz", 2), _seq("01234567", 3)]
+    # answer 0: 8+4 -> question 7, 6 (6+4 = 10 fits)
+    # answer 1: 6+8 -> answer 7 (longer), answer 6, then 6 = 6: question 5, then answer 5
+    q2, (a0, a1) = truncate_q2a(q, answers, 10)
+    assert q2 == (list("abcde"), [1] * 5)
+    assert a0 == (list("wxyz"), [2] * 4) and a1 == (list("01234"), [3] * 5)
+    assert q == _seq("abcdefgh", 1) and answers[1] == _seq("01234567", 3)  # inputs untouched
+    # Equal lengths: the question loses the piece (the old rule cut the answer).
+    q2, (a0,) = truncate_q2a(_seq("abc", 1), [_seq("xyz", 2)], 5)
+    assert (q2[0], a0[0]) == (list("ab"), list("xyz"))
+    q2, (a0,) = truncate_q2a(_seq("ab", 1), [_seq("xyz", 2)], 5)
+    assert (q2[0], a0[0]) == (list("ab"), list("xyz"))  # fits: nothing cut
+
+
+def test_truncate_qa2r_official_rule():
+    """Hand-computed with the official QA->R rule (seq_len 10): the rationale is cut while it is
+    longer than question + answer, else the question down to one piece, then the answer."""
+    q, a = _seq("qqqq", 1), _seq("aaa", 2)
+    rationales = [_seq("rrrrrrrrrr", 3), _seq("ss", 4)]
+    # rationale 0: 4+3+10 -> r 9, 8, 7; 7 = 4+3: q 3; r 6; q 2; r 5 (2+3+5 = 10)
+    q2, a2, (r0, r1) = truncate_qa2r(q, a, rationales, 10)
+    assert q2 == (list("qq"), [1] * 2) and a2 == (list("aaa"), [2] * 3)
+    assert r0 == (list("rrrrr"), [3] * 5) and r1 == (list("ss"), [4] * 2)
+    # The question keeps one piece, then the answer is cut: 3+2+3 in 4 -> q 2, q 1, a 1, r 2.
+    q2, a2, (r0,) = truncate_qa2r(_seq("qqq", 1), _seq("aa", 2), [_seq("rrr", 3)], 4)
+    assert (q2[0], a2[0], r0[0]) == (["q"], ["a"], ["r", "r"])
 
 
 # --------------------------------------------------------------------------- mapper
@@ -314,7 +344,9 @@ def test_mapper_image_boxes_masks(tiny_cfg, hand_dict):
     assert (out["height"], out["width"]) == (HEIGHT, WIDTH)
     boxes = out["boxes"]
     assert boxes.shape == (4, 4)
-    torch.testing.assert_close(boxes[0], torch.tensor([0.0, 0.0, image.shape[2], image.shape[1]]))
+    # The whole image: official [0, 0, w - 1, h - 1] = [0, 0, 119, 79], resized x1.6.
+    assert image.shape[1:] == (128, 192)
+    torch.testing.assert_close(boxes[0], torch.tensor([0.0, 0.0, 190.4, 126.4]))
     torch.testing.assert_close(boxes[1:], torch.tensor(BOXES) * scale)
     M = tiny_cfg.MODEL.VLBERT.POOLER_RESOLUTION
     masks = out["masks"]
@@ -336,16 +368,16 @@ def test_mapper_truncation_keeps_cls_and_seps(tiny_cfg, hand_dict, tokenizer):
     tiny_cfg.INPUT.MAX_TEXT_LEN = 5  # word pieces, [CLS] and [SEP]s not counted (official)
     out = VCRDatasetMapper(tiny_cfg, True)(hand_dict)
     assert out["input_ids"].shape[1] <= 8
-    q_pieces, q_tags = _expected(RECORD["question"], tokenizer)
+    # Worked by hand with the official rule: question "is casey and riley with dog ?" (7 pieces);
+    # answer 0 "yes ." (2): the question is cut to 3; answer 1 "riley is ." (3 = 3): the
+    # question to 2; answer 2 "no ." fits; answer 3 "dog runs away ." (4 > 2): the answer to 3.
+    expected_b = [["yes", "."], ["riley", "is", "."], ["no", "."], ["dog", "runs", "away"]]
+    expected_b_tags = [[0, 0], [2, 0, 0], [0, 0], [3, 0, 0]]
     for k in range(4):
         a, b = _segments(out["input_ids"][k], out["token_type_ids"][k], out["text_mask"][k], tokenizer)
-        b_pieces, _ = _expected(RECORD["answer_choices"][k], tokenizer)
-        assert len(a) + len(b) == 5
-        # The question (the longer one) is cut from its end first.
-        assert a == q_pieces[:len(a)] and b == b_pieces[:len(b)]
+        assert a == ["is", "casey"] and b == expected_b[k]
         n = int(out["text_mask"][k].sum())
-        assert out["text_tags"][k, 1:1 + len(a)].tolist() == q_tags[:len(a)]
-        assert out["text_tags"][k, n - 1] == 0
+        assert out["text_tags"][k, :n].tolist() == [0, 0, 1, 0] + expected_b_tags[k] + [0]
 
 
 def test_mapper_qa2r_puts_correct_answer_in_sentence_a(tiny_cfg, hand_dict, tokenizer):
@@ -357,6 +389,34 @@ def test_mapper_qa2r_puts_correct_answer_in_sentence_a(tiny_cfg, hand_dict, toke
         a, b = _segments(out["input_ids"][k], out["token_type_ids"][k], out["text_mask"][k], tokenizer)
         assert a == _expected(context, tokenizer)[0]
         assert b == _expected(RECORD["rationale_choices"][k], tokenizer)[0]
+
+
+def test_mapper_qa2r_truncation_official(tiny_cfg, hand_dict, tokenizer):
+    """Worked by hand with the official QA->R rule, seq_len 6: question "is casey and riley with
+    dog ?" (7), answer 1 "riley is ." (3). Rationale 0 "because casey smiles ." (4, not longer
+    than 7 + 3): the question is cut down to "is", then the answer to "riley is", then the
+    rationale (4 > 1 + 2) to 3. Rationale 2 "dog bark ##s ." (4 > 3): cut to 3. The others fit."""
+    tiny_cfg.MODEL.VLBERT.VCR.TASK = "QA2R"
+    tiny_cfg.INPUT.MAX_TEXT_LEN = 6
+    out = VCRDatasetMapper(tiny_cfg, True)(hand_dict)
+    expected_b = [["because", "casey", "smiles"], ["it", "rains", "."], ["dog", "bark", "##s"], ["nothing", "."]]
+    expected_b_tags = [[0, 1, 0], [0, 0, 0], [3, 0, 0], [0, 0]]
+    for k in range(4):
+        a, b = _segments(out["input_ids"][k], out["token_type_ids"][k], out["text_mask"][k], tokenizer)
+        assert a == ["is", "riley", "is"] and b == expected_b[k]
+        n = int(out["text_mask"][k].sum())
+        assert out["text_tags"][k, :n].tolist() == [0, 0, 2, 0, 0] + expected_b_tags[k] + [0]
+
+
+def test_mapper_qa2r_test_split_is_not_truncated(tiny_cfg, hand_dict, tokenizer):
+    """The official loader truncates QA->R only when the answer is known (not on the test split)."""
+    tiny_cfg.MODEL.VLBERT.VCR.TASK = "QA2R"
+    tiny_cfg.INPUT.MAX_TEXT_LEN = 6
+    out = VCRDatasetMapper(tiny_cfg, False)(dict(hand_dict, answer_label=None, rationale_label=None))
+    row = 4 * 3 + 2  # answer 3 "dog runs away .", rationale 2 "dog barks ."
+    a, b = _segments(out["input_ids"][row], out["token_type_ids"][row], out["text_mask"][row], tokenizer)
+    assert a == ["is", "casey", "and", "riley", "with", "dog", "?", "dog", "runs", "away", "."]
+    assert b == ["dog", "bark", "##s", "."]
 
 
 def test_mapper_qa2r_without_answer_label_conditions_on_each_answer(tiny_cfg, hand_dict, tokenizer):

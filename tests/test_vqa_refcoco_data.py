@@ -156,7 +156,7 @@ def test_vqa_mapper(vqa_root):
     assert out["token_type_ids"][0].tolist()[-2:] == [1, 1] and out["token_type_ids"][0, 1] == 0
     det = read_detection(d["detection_file"])
     assert out["boxes"].shape == (len(det["boxes"]) + 1, 4)  # whole image first
-    assert out["boxes"][0].tolist() == [0, 0, det["image_w"], det["image_h"]]
+    assert out["boxes"][0].tolist() == [0, 0, det["image_w"] - 1, det["image_h"] - 1]  # official
     for answer, score in d["answer_scores"].items():
         assert out["answer_target"][vocab.index(answer)] == pytest.approx(score)
     # Flipped: the text and the answers swap left and right.
@@ -269,7 +269,8 @@ def test_refcoco_flip_swaps_text_and_boxes(ref_root):
     assert "right" in m.tokenizer.convert_ids_to_tokens(out["input_ids"][0].tolist())
     x1, _, x2, _ = d["gt_box"]
     k = d["boxes"].index(d["gt_box"]) + 1
-    assert out["boxes"][k, 0] == pytest.approx(d["width"] - x2) and out["region_labels"][k] == 1
+    # Official flip: x -> W - 1 - x (pixel indices).
+    assert out["boxes"][k, 0] == pytest.approx(d["width"] - 1 - x2) and out["region_labels"][k] == 1
 
 
 def test_vqa_mapper_flip_swaps_question_boxes_and_answers(vqa_root):
@@ -287,7 +288,7 @@ def test_vqa_mapper_flip_swaps_question_boxes_and_answers(vqa_root):
     assert out["answer_target"].tolist() == [0.0, 1.0, 0.0]
     det = read_detection(d["detection_file"])
     x1, _, x2, _ = det["boxes"][0].tolist()
-    assert out["boxes"][1, 0] == pytest.approx(det["image_w"] - x2)
+    assert out["boxes"][1, 0] == pytest.approx(det["image_w"] - 1 - x2)  # official: W - 1 - x
 
 
 def test_unknown_answer_keeps_its_row_and_is_never_predicted(tmp_path):

@@ -36,7 +36,9 @@ def make_input(rois, image_hw, text_len, seed=0):
     x1 = torch.rand(rois - 1, generator=g) * (w - 100)
     y1 = torch.rand(rois - 1, generator=g) * (h - 100)
     wh = 20 + torch.rand(rois - 1, 2, generator=g) * 80
-    boxes = torch.cat([torch.tensor([[0.0, 0.0, w, h]]),
+    from vlbert_d2.data.common import whole_image_box
+
+    boxes = torch.cat([torch.tensor([whole_image_box(w, h)]),
                        torch.stack([x1, y1, x1 + wh[:, 0], y1 + wh[:, 1]], 1)])
     ids = torch.randint(1000, 2000, (4, text_len), generator=g)
     ids[:, 0], ids[:, -1] = 101, 102

@@ -58,7 +58,7 @@ from detectron2.modeling import build_model
 from vlbert_d2 import add_vlbert_config
 from vlbert_d2.checkpoint import CheckpointError, VLBertCheckpointer
 from vlbert_d2.data import build_vlbert_mapper
-from vlbert_d2.data.common import read_image, resize_image_and_boxes
+from vlbert_d2.data.common import read_image, resize_image_and_boxes, whole_image_box
 from vlbert_d2.data.detections import DetectionFormatError, parse_detection
 from vlbert_d2.utils.visualization import (DEFAULT_MAX_DRAW_SIZE, DEFAULT_MIN_DRAW_SIZE,
                                            draw_attention_heatmap, draw_attention_lines,
@@ -223,7 +223,7 @@ def vcr_tokens(text, num_objects, what):
 def build_input(cfg, mapper, image_bgr, boxes, text, objects=None, choices=None):
     """The model input for one image: RoI 0 is the whole image, then the given boxes."""
     h, w = image_bgr.shape[:2]
-    all_boxes = np.concatenate([[[0.0, 0.0, w, h]], boxes]).astype(np.float32)
+    all_boxes = np.concatenate([[whole_image_box(w, h)], boxes]).astype(np.float32)
     image, rois, _, _ = resize_image_and_boxes(mapper.augmentations, image_bgr, all_boxes)
     x = {"image": image, "boxes": rois, "height": h, "width": w}
     if choices is None:

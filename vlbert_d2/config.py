@@ -51,6 +51,11 @@ def add_vlbert_config(cfg):
     _C.MODEL.VLBERT.POOLER_TYPE = "ROIAlignV2"
     # Dilation of the res5 head, run with stride 1 on the pooled RoIs (official: 2).
     _C.MODEL.VLBERT.RES5_DILATION = 2
+    # Pad every normalised image to a fixed (short, long) canvas by orientation before the CNN,
+    # as the official VCR loader does (FixPadding to 600 x 1200): the features of RoIs at the
+    # right or bottom edge then do not depend on the other images of the batch. (0, 0): pad
+    # only to the largest image of the batch (detectron2's way, cheaper).
+    _C.MODEL.VLBERT.FIXED_PAD = (0, 0)
     # detectron2-format weights (.pkl) of the Visual Genome Faster R-CNN R101-C4 (bottom-up
     # attention: faster_rcnn_from_caffe[_attr].pkl) loaded into the trunk and res5 head when the
     # model is built; its RPN and predictors are unused (and reported). MODEL.WEIGHTS, if set,
@@ -74,12 +79,17 @@ def add_vlbert_config(cfg):
     _C.MODEL.VLBERT.VCR.TASK = "Q2A"
     # "bce": sigmoid binary cross-entropy per choice (official); "ce": softmax over the choices.
     _C.MODEL.VLBERT.VCR.LOSS = "bce"
-    # Dropout before the per-choice linear classifier on the pooled [CLS] output.
+    # Dropout before the per-choice linear classifier on the pooled [CLS] output (official
+    # final_mlp "1fc": Dropout(0.1), Linear(H, 1), Xavier-uniform weight, zero bias).
     _C.MODEL.VLBERT.VCR.CLASSIFIER_DROPOUT = 0.1
-    # Weight of the RoI classification loss of the official VCR fine-tuning: VL-BERT's output at
-    # each RoI slot is classified into the object classes + background (the whole image is
-    # background). 0 = off.
+    # Weight of the RoI classification loss of the official VCR fine-tuning (its `cnn_loss_reg`,
+    # CNN_LOSS_TOP, CNN_LOSS_WEIGHT 1.0): VL-BERT's output at each RoI slot of every choice's
+    # sequence goes through the masked-RoI transform (dense + GELU), Dropout and Linear(H, 81),
+    # classified into the object classes + background (the whole image is background). 0 = off.
     _C.MODEL.VLBERT.VCR.ROI_CLS_LOSS_WEIGHT = 1.0
+    # Dropout between that transform and the RoI classifier (official CNN_REG_DROPOUT: 0.0, the
+    # default of vcr/function/config.py, which no official config changes).
+    _C.MODEL.VLBERT.VCR.CNN_REG_DROPOUT = 0.0
 
     # --- VQA head (paper section 4.2.2) ---
     _C.MODEL.VLBERT.VQA = CN()
@@ -121,8 +131,13 @@ def add_vlbert_config(cfg):
     _C.MODEL.VLBERT.PRETRAIN.MIN_BOXES = 10
     _C.MODEL.VLBERT.PRETRAIN.MAX_BOXES = 100
     _C.MODEL.VLBERT.PRETRAIN.SCORE_THRESH = 0.5
-    # Word pieces of a text-corpus sample, [CLS] and [SEP] included (official: 64).
+    # Word pieces of a text-corpus sample (official: 64). As in the official multi-task
+    # pre-training, a text sample gets no [CLS] or [SEP]: its word pieces, then the [END] element.
     _C.MODEL.VLBERT.PRETRAIN.TEXT_MAX_LEN = 64
+    # Text-corpus samples an evaluation scores, per text dataset of DATASETS.TEST: a fixed
+    # subset, evenly spread over the corpus and the same at every evaluation (0: all of them;
+    # the official evaluation reads all of BooksCorpus).
+    _C.MODEL.VLBERT.PRETRAIN.TEXT_EVAL_SAMPLES = 10000
     # Share of each training batch taken from the text-only datasets of DATASETS.TRAIN (paper:
     # 128 captions + 128 text samples = 0.5). 0: captions only.
     _C.MODEL.VLBERT.PRETRAIN.TEXT_FRACTION = 0.5
@@ -136,6 +151,8 @@ def add_vlbert_config(cfg):
     # "SGD" (detectron2's, with SOLVER.MOMENTUM) or "ADAMW" (betas below).
     _C.SOLVER.OPTIMIZER = "SGD"
     _C.SOLVER.BETAS = (0.9, 0.999)
+    # AdamW's epsilon (official: 1e-6, BERT's; PyTorch's default is 1e-8).
+    _C.SOLVER.ADAM_EPS = 1e-6
     # SOLVER.LR_SCHEDULER_NAME also accepts "WarmupLinearDecayLR": linear warm-up over
     # SOLVER.WARMUP_ITERS, then linear decay to 0 at SOLVER.MAX_ITER (the paper's VQA, RefCOCO+
     # and pre-training schedule).
@@ -159,6 +176,7 @@ def add_vlbert_config(cfg):
     _C.DATALOADER.BAD_RECORDS = "error"
     # Where the check results are cached, per record, keyed by the record's content and the
     # path, size and mtime of every file it names: a second run over unchanged data starts at
-    # once. Empty: $XDG_CACHE_HOME/vlbert_d2/record_checks (default ~/.cache/...).
+    # once. Empty: $VLBERT_D2_CACHE/record_checks, else $XDG_CACHE_HOME/vlbert_d2/record_checks
+    # (default ~/.cache/vlbert_d2/record_checks).
     _C.DATALOADER.CHECK_CACHE_DIR = ""
     return cfg

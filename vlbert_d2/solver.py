@@ -23,7 +23,7 @@ def build_optimizer(cfg, model):
                                     nesterov=cfg.SOLVER.NESTEROV, weight_decay=cfg.SOLVER.WEIGHT_DECAY)
     elif name == "ADAMW":
         optimizer = torch.optim.AdamW(params, lr=cfg.SOLVER.BASE_LR, betas=tuple(cfg.SOLVER.BETAS),
-                                      weight_decay=cfg.SOLVER.WEIGHT_DECAY)
+                                      eps=cfg.SOLVER.ADAM_EPS, weight_decay=cfg.SOLVER.WEIGHT_DECAY)
     else:
         raise ValueError(f"SOLVER.OPTIMIZER must be 'SGD' or 'ADAMW', got {cfg.SOLVER.OPTIMIZER!r}")
     clip = cfg.SOLVER.CLIP_GRADIENTS

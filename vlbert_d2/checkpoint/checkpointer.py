@@ -17,6 +17,7 @@ import torch
 
 from detectron2.checkpoint import DetectionCheckpointer
 
+from ..utils.files import atomic_write, remove_stale_temporaries
 from ..utils.safe_pickle import NUMPY_GLOBALS, PLAIN_GLOBALS, UnsafePickleError, restricted_load
 
 logger = logging.getLogger(__name__)
@@ -75,30 +76,6 @@ def load_checkpoint_file(filename):
     return data if "model" in data else {"model": data}
 
 
-def atomic_torch_save(obj, path):
-    """``torch.save`` to ``path`` so that a reader (or a crash) never sees a partial file:
-    write a temporary file in the same folder, flush it to disk, then rename it over ``path``."""
-    tmp = f"{path}.tmp.{os.getpid()}"
-    try:
-        with open(tmp, "wb") as f:
-            torch.save(obj, f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.remove(tmp)
-
-
-def atomic_write_text(path, text):
-    tmp = f"{path}.tmp.{os.getpid()}"
-    with open(tmp, "w") as f:
-        f.write(text)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
-
-
 def is_readable_checkpoint(path):
     """Cheap check that a ``torch.save`` file is whole: its zip directory (written last) reads."""
     try:
@@ -110,6 +87,11 @@ def is_readable_checkpoint(path):
 
 class SafeCheckpointer(DetectionCheckpointer):
     """detectron2's checkpointer with safe reading, atomic writing and a resume fallback."""
+
+    def __init__(self, model, save_dir="", *, save_to_disk=None, **checkpointables):
+        super().__init__(model, save_dir, save_to_disk=save_to_disk, **checkpointables)
+        if self.save_dir and self.save_to_disk:
+            remove_stale_temporaries(self.save_dir)
 
     def _load_file(self, filename):
         return load_checkpoint_file(filename)
@@ -124,11 +106,13 @@ class SafeCheckpointer(DetectionCheckpointer):
         basename = f"{name}.pth"
         path = os.path.join(self.save_dir, basename)
         self.logger.info("Saving checkpoint to %s", path)
-        atomic_torch_save(data, path)
+        with atomic_write(path) as f:  # a crash never leaves a partial checkpoint under its name
+            torch.save(data, f)
         self.tag_last_checkpoint(basename)
 
     def tag_last_checkpoint(self, last_filename_basename):
-        atomic_write_text(os.path.join(self.save_dir, LAST_CHECKPOINT), last_filename_basename)
+        with atomic_write(os.path.join(self.save_dir, LAST_CHECKPOINT), "w") as f:
+            f.write(last_filename_basename)
 
     def _periodic_checkpoints(self):
         """``model_<iter>.pth`` files of ``save_dir``, newest (highest iteration) first."""
@@ -166,10 +150,14 @@ class SafeCheckpointer(DetectionCheckpointer):
             logger.warning("skipping %s: not a whole checkpoint (interrupted while written?)", path)
         return ""
 
+    resumed_from = None  # the checkpoint that resume_or_load resumed from (None: none)
+
     def resume_or_load(self, path, *, resume=True):
+        self.resumed_from = None
         if resume and self.has_checkpoint():
             last = self.get_checkpoint_file()
             if last:
+                self.resumed_from = last
                 return self.load(last)
             logger.warning("--resume: no readable checkpoint in %s; starting from %s", self.save_dir,
                            path or "the initialisation")
@@ -190,26 +178,33 @@ class VLBertCheckpointer(SafeCheckpointer):
 HEADS_FROM_PRETRAINING = {
     "VQAHead": {"head.mlm_transform.": "head.transform."},        # dense, GELU, LayerNorm
     "RefCOCOHead": {"head.mvrc_transform.": "head.transform."},   # dense, GELU
+    # cfgs/vcr/*: "vlbert.mvrc_head.transform->cnn_loss_reg.0" (dense, GELU; its Linear(H, 81)
+    # keeps its initialisation).
+    "VCRHead": {"head.mvrc_transform.0.": "head.roi_classifier.0."},
 }
 
 
 def start_heads_from_pretraining(state_dict, model):
     """When a pre-training checkpoint (with ``head.mlm_transform``/``head.mvrc_transform``) is
-    loaded into a VQA or RefCOCO+ model, copy the matching pre-training transform to the task
-    head's transform, in place. A checkpoint that already has a task head is left alone.
+    loaded into a VQA, RefCOCO+ or VCR model, copy the matching pre-training transform to the
+    task head's transform (VCR: the RoI classifier's), in place. A checkpoint that already has
+    that part of the task head is left alone, and so is a model without it (a VCR model with
+    ``ROI_CLS_LOSS_WEIGHT`` 0).
 
     Returns:
         list[str]: the keys added.
     """
     model = getattr(model, "module", model)  # DistributedDataParallel
     rules = HEADS_FROM_PRETRAINING.get(type(getattr(model, "head", None)).__name__)
-    if not rules or any(k.startswith("head.transform.") for k in state_dict):
+    if not rules or any(k.startswith(dst) for dst in rules.values() for k in state_dict):
         return []
+    wanted = model.state_dict()
     added = []
     for src, dst in rules.items():
         for key in [k for k in state_dict if k.startswith(src)]:
-            state_dict[dst + key[len(src):]] = state_dict[key]
-            added.append(dst + key[len(src):])
+            if dst + key[len(src):] in wanted:
+                state_dict[dst + key[len(src):]] = state_dict[key]
+                added.append(dst + key[len(src):])
     if added:
         logger.info("%s starts from the pre-trained %s* (%d tensors)",
                     type(model.head).__name__, next(iter(rules)), len(added))

@@ -12,19 +12,23 @@ layout (``../shared/official-keys/`` in the project's design documents):
 * ``object_linguistic_embeddings`` ([IMG]), ``vlbert.end_embedding`` ([END]),
   ``vlbert.{word,position,token_type}_embeddings``, ``vlbert.embedding_LayerNorm``,
   ``vlbert.visual_ln_{text,object}``, ``vlbert.encoder.*`` (BERT names);
-* fine-tuned VCR models wrap the encoder as ``vlbert._module.*`` and add a pooler and
-  ``final_mlp.1`` (one logit per choice);
+* fine-tuned VCR models wrap the encoder as ``vlbert._module.*`` and add a pooler,
+  ``final_mlp.1`` (one logit per choice) and the RoI classifier ``cnn_loss_reg`` (``.0.dense``:
+  the masked-RoI transform, ``.2``: Linear(H, 81)), which map to ``VCRHead``'s ``classifier``
+  and ``roi_classifier``;
 * fine-tuned VQA and RefCOCO+ models add ``final_mlp.{0,2}`` (a transform and a classifier);
 * pre-trained models add the heads ``vlbert.mlm_head.*`` (transform and bias; the decoder
   ``vlbert.mlm_head.predictions.decoder.weight`` is tied to the word embeddings),
   ``vlbert.mvrc_head.*`` and the inputs ``object_mask_word_embedding`` (masked RoI token),
   ``aux_text_visual_embedding`` (text-only visual feature) and, precomputed variants,
   ``object_mask_visual_embedding``: they map to ``PretrainHead``/``PretrainEmbeddings`` for a
-  pre-training model; for a VQA (RefCOCO+) model the MLM (masked-RoI) transform starts the head.
+  pre-training model; for a VQA (RefCOCO+, VCR) model the MLM (masked-RoI) transform starts the
+  head (VCR: its RoI classifier), as the official fine-tuning configs'
+  ``PARTIAL_PRETRAIN_PREFIX_CHANGES`` do.
 
-Keys this project has no place for (e.g. the official ``cnn_loss_reg`` classifier of VCR, the
-pre-training heads when converting for a fine-tuning model) are reported as unmapped: the
-converter never drops a key silently.
+Keys this project has no place for (e.g. ``cnn_loss_reg`` for a VCR model built without the RoI
+classification loss, the pre-training heads when converting for a fine-tuning model) are
+reported as unmapped: the converter never drops a key silently.
 """
 import re
 from dataclasses import dataclass, field
@@ -146,7 +150,8 @@ def convert_official_state_dict(state_dict, expected_shapes=None):
         if norm in source:
             raise ConversionError(f"keys '{key}' and another one both normalise to '{norm}'")
         source[norm] = value
-    rules = _RULES + _head_from_pretraining_rules(source, expected_shapes) + _pretraining_rules(expected_shapes)
+    rules = (_RULES + _roi_classifier_rules(expected_shapes) + _head_from_pretraining_rules(source, expected_shapes)
+             + _pretraining_rules(expected_shapes))
     report = ConversionReport()
     out, problems = {}, []
     for key, value in source.items():
@@ -183,14 +188,37 @@ def convert_official_state_dict(state_dict, expected_shapes=None):
     return out, report
 
 
+# VCR's RoI classifier: official cnn_loss_reg = (MVRC transform: dense + GELU, Dropout,
+# Linear(H, 81)); here roi_classifier = (Linear, GELU, Dropout, Linear).
+_ROI_CLASSIFIER_RULES = [
+    (r"cnn_loss_reg\.0\.dense\.(weight|bias)", lambda m: f"head.roi_classifier.0.{m.group(1)}"),
+    (r"cnn_loss_reg\.2\.(weight|bias)", lambda m: f"head.roi_classifier.3.{m.group(1)}"),
+]
+
+
+def _roi_classifier_rules(expected_shapes):
+    """A fine-tuned VCR checkpoint's ``cnn_loss_reg`` maps to ``VCRHead.roi_classifier`` when
+    the model has one (or when no model is given); for a VCR model built without the RoI
+    classification loss it is reported as unmapped."""
+    if expected_shapes is None or "head.roi_classifier.0.weight" in expected_shapes:
+        return _ROI_CLASSIFIER_RULES
+    return []
+
+
 def _head_from_pretraining_rules(source, expected_shapes):
     """Where the official fine-tuning starts a task head from a pre-training head, so does the
     conversion of a pre-trained checkpoint for that task's model: the VQA transform from the MLM
-    head's transform, the RefCOCO+ transform from the masked-RoI-classification transform (the
-    official configs' PARTIAL_PRETRAIN_PREFIX_CHANGES). Only for a model with such a head (known
-    from ``expected_shapes``) and a checkpoint without a fine-tuned head (no ``final_mlp``)."""
-    if expected_shapes is None or any(k.startswith("final_mlp.") for k in source):
+    head's transform, the RefCOCO+ transform and VCR's RoI-classifier transform from the
+    masked-RoI-classification transform (the official configs' PARTIAL_PRETRAIN_PREFIX_CHANGES:
+    ``mlm_head.predictions.transform->final_mlp.0``, ``mvrc_head.transform->final_mlp.0``,
+    ``mvrc_head.transform->cnn_loss_reg.0``). Only for a model with such a head (known from
+    ``expected_shapes``) and a checkpoint without a fine-tuned head (no ``final_mlp`` or
+    ``cnn_loss_reg``)."""
+    if expected_shapes is None or any(k.startswith(("final_mlp.", "cnn_loss_reg.")) for k in source):
         return []
+    if "head.roi_classifier.0.weight" in expected_shapes:  # VCR: dense, GELU (+ its own Linear)
+        return [(r"vlbert\.mvrc_head\.transform\.dense\.(weight|bias)",
+                 lambda m: f"head.roi_classifier.0.{m.group(1)}")]
     if "head.transform.2.weight" in expected_shapes:  # VQA: dense, GELU, LayerNorm
         return [(r"vlbert\.mlm_head\.predictions\.transform\.dense\.(weight|bias)",
                  lambda m: f"head.transform.0.{m.group(1)}"),

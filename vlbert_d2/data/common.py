@@ -117,22 +117,82 @@ def _to_8_bits(image, data, path):
     return eight
 
 
+def whole_image_box(width, height):
+    """The whole image as a RoI, ``[0, 0, width - 1, height - 1]``: the official loaders of all
+    four tasks treat box coordinates as pixel indices (the last column is ``width - 1``)."""
+    return [0.0, 0.0, float(width) - 1.0, float(height) - 1.0]
+
+
+def _apply_to_boxes(transforms, boxes):
+    """(N, 4) boxes through ``transforms`` in the official pixel-index convention: a horizontal
+    flip maps x to ``W - 1 - x`` (detectron2's maps the continuous coordinate x to ``W - x``);
+    resizes scale by the size ratio, as both do."""
+    out = np.asarray(boxes, dtype=np.float32).reshape(-1, 4).copy()
+    for t in transforms:
+        if isinstance(t, T.HFlipTransform):
+            out[:, [0, 2]] = (t.width - 1) - out[:, [2, 0]]
+        elif isinstance(t, T.VFlipTransform):
+            out[:, [1, 3]] = (t.height - 1) - out[:, [3, 1]]
+        else:
+            out = t.apply_box(out).astype(np.float32)
+    return out
+
+
+def _clamp_pixel_boxes(boxes, height, width):
+    """Clamp (N, 4) boxes to the pixel indices of a ``height`` x ``width`` image (official:
+    ``[0, width - 1]`` and ``[0, height - 1]``)."""
+    out = torch.as_tensor(boxes, dtype=torch.float32)
+    out[:, 0::2] = out[:, 0::2].clamp(0, width - 1)
+    out[:, 1::2] = out[:, 1::2].clamp(0, height - 1)
+    return out
+
+
+def _flatten(transforms):
+    return list(transforms.transforms) if isinstance(transforms, T.TransformList) else [transforms]
+
+
 def resize_image_and_boxes(augmentations, image, boxes):
     """Apply the augmentations to an image and its (N, 4) x1 y1 x2 y2 boxes.
 
+    Boxes follow the official convention (all four tasks): coordinates are pixel indices, a
+    horizontal flip maps x to ``W - 1 - x``, and after the transforms every box is clamped to
+    ``[0, W - 1] x [0, H - 1]`` of the new image (see :func:`whole_image_box`).
+
     Returns:
-        (Tensor (3, H', W') uint8, Tensor (N, 4) float32 clipped to the new image,
+        (Tensor (3, H', W') uint8, Tensor (N, 4) float32 clamped to the new image,
          TransformList, bool: whether the image was flipped horizontally)
     """
-    aug = T.AugInput(image, boxes=np.asarray(boxes, dtype=np.float32).reshape(-1, 4))
+    aug = T.AugInput(image)
     transforms = T.AugmentationList(augmentations)(aug)
     h, w = aug.image.shape[:2]
-    out = torch.as_tensor(aug.boxes, dtype=torch.float32)
-    out[:, 0::2] = out[:, 0::2].clamp(0, w)
-    out[:, 1::2] = out[:, 1::2].clamp(0, h)
-    flipped = sum(isinstance(t, T.HFlipTransform) for t in transforms) % 2 == 1
+    out = _clamp_pixel_boxes(_apply_to_boxes(_flatten(transforms), boxes), h, w)
+    flipped = sum(isinstance(t, T.HFlipTransform) for t in _flatten(transforms)) % 2 == 1
     image = torch.as_tensor(np.ascontiguousarray(aug.image.transpose(2, 0, 1)))
     return image, out, transforms, flipped
+
+
+def resize_boxes_only(augmentations, height, width, boxes):
+    """What :func:`resize_image_and_boxes` does to the boxes of a ``height`` x ``width`` image,
+    without any pixels (precomputed-feature mode: the official loaders resize, flip and clamp the
+    boxes there too, and the geometry embedding divides by the resized image's size).
+
+    Returns:
+        (Tensor (N, 4) float32, (H', W'), bool flipped)
+    """
+    shape = (int(height), int(width))
+    transforms = []
+    for augmentation in augmentations:
+        # The augmentations read only the image's shape: a zero-stride view costs no memory.
+        t = augmentation.get_transform(np.broadcast_to(np.zeros((1, 1, 3), np.uint8), (*shape, 3)))
+        for step in _flatten(t):
+            if isinstance(step, T.ResizeTransform):
+                shape = (step.new_h, step.new_w)
+            elif not isinstance(step, (T.HFlipTransform, T.VFlipTransform, T.NoOpTransform)):
+                raise ValueError(f"precomputed-feature mode cannot apply {type(step).__name__} to boxes alone")
+            transforms.append(step)
+    out = _clamp_pixel_boxes(_apply_to_boxes(transforms, boxes), *shape)
+    flipped = sum(isinstance(t, T.HFlipTransform) for t in transforms) % 2 == 1
+    return out, shape, flipped
 
 
 def read_detected_image(d, det, boxes, augmentations, image_format, field):

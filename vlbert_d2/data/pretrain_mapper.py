@@ -7,8 +7,12 @@ linguistic clues: 90% of the chosen RoIs are masked (their pixels become the pix
 zero in the normalised image the CNN sees; the model replaces their [IMG] token with a learned
 [MASK] token), 10% are kept; each chosen RoI is predicted as the detector's class distribution.
 
-Text records (the text corpus): ``[CLS] text [SEP]`` (at most ``TEXT_MAX_LEN`` word pieces) with
-whole-word masking and no image; the model gives every word one learned visual feature.
+Text records (the text corpus): the word pieces alone, without [CLS] or [SEP] (at most
+``TEXT_MAX_LEN``), with whole-word masking and no image, as the official multi-task pre-training
+feeds them; the model gives every word one learned visual feature and closes the sequence with
+the [END] element, as for captions. The records either hold their ``text`` or point into a
+corpus file (``text_file``, ``text_offset``, ``text_bytes``: see
+:func:`~.datasets.pretrain.read_corpus_sample`), so that the corpus stays on disk.
 
 Masking is random in training (numpy's global generator, which detectron2 seeds per worker from
 ``SEED``) and a fixed function of the record in evaluation, so evaluations are repeatable.
@@ -23,7 +27,9 @@ import torch
 from detectron2.config import configurable
 
 from ..modeling.bert import build_tokenizer
-from .common import WHOLE_IMAGE, build_resize_flip, pack_rows, read_detected_image, swap_left_right
+from .common import (WHOLE_IMAGE, build_resize_flip, pack_rows, read_detected_image, resize_boxes_only,
+                     swap_left_right, whole_image_box)
+from .datasets.pretrain import read_corpus_sample
 from .detections import DetectionFormatError, read_detection
 
 logger = logging.getLogger(__name__)
@@ -134,7 +140,7 @@ class PretrainDatasetMapper:
             image_format (str): e.g. "BGR".
             pixel_mean (list[float]): ``MODEL.PIXEL_MEAN``: the colour of masked RoIs.
             max_text_len (int): word pieces of a caption kept.
-            text_max_len (int): word pieces of a text-corpus sample, [CLS] and [SEP] included.
+            text_max_len (int): word pieces of a text-corpus sample (no [CLS] or [SEP] is added).
             with_mlm, mlm_prob, with_mvrc, mvrc_prob: the two tasks (``MODEL.VLBERT.PRETRAIN``).
             num_region_classes (int): width of the detection files' ``classes``.
             min_boxes, max_boxes, score_thresh: box selection (see :func:`select_boxes`).
@@ -156,16 +162,16 @@ class PretrainDatasetMapper:
         self.detection_features = detection_features
         self.rel_captions = rel_captions
         self.vocab_size = len(tokenizer)
-        if text_max_len < 3:
-            raise ValueError(f"MODEL.VLBERT.PRETRAIN.TEXT_MAX_LEN must be >= 3, got {text_max_len}")
+        if text_max_len < 1:
+            raise ValueError(f"MODEL.VLBERT.PRETRAIN.TEXT_MAX_LEN must be >= 1, got {text_max_len}")
 
     @classmethod
     def from_config(cls, cfg, is_train=True):
+        from detectron2.data import DatasetCatalog, MetadataCatalog
+
         p = cfg.MODEL.VLBERT.PRETRAIN
         rel_captions = None
         if p.WITH_REL:
-            from detectron2.data import DatasetCatalog, MetadataCatalog
-
             names = [n for n in (cfg.DATASETS.TRAIN if is_train else cfg.DATASETS.TEST)
                      if MetadataCatalog.get(n).get("pretrain_kind", None) == "caption"]
             rel_captions = [d["caption"] for n in names for d in DatasetCatalog.get(n)]
@@ -190,8 +196,10 @@ class PretrainDatasetMapper:
             return np.random.default_rng(np.random.randint(2 ** 31 - 1))
         return np.random.default_rng(zlib.crc32(d["source"].encode()))
 
-    def encode_text(self, text, max_pieces, rng):
-        """``[CLS] text [SEP]`` with whole-word masking; returns the packed rows and the labels."""
+    def encode_text(self, text, max_pieces, rng, special_tokens=True):
+        """Whole-word masked word pieces, as ``[CLS] text [SEP]`` (captions) or alone
+        (``special_tokens=False``: the text corpus, official); returns the packed row and the
+        labels."""
         tok = self.tokenizer
         enc = tok(text, add_special_tokens=False)
         pieces, words = enc["input_ids"][:max_pieces], enc.word_ids()[:max_pieces]
@@ -200,16 +208,21 @@ class PretrainDatasetMapper:
                                               tok.mask_token_id)
         else:
             labels = [IGNORE] * len(pieces)
-        ids = [tok.cls_token_id] + pieces + [tok.sep_token_id]
-        out = pack_rows([(ids, [0] * len(ids), [WHOLE_IMAGE] * len(ids))])
-        out["mlm_labels"] = torch.tensor([[IGNORE] + labels + [IGNORE]], dtype=torch.long)
+        if special_tokens:
+            pieces = [tok.cls_token_id] + pieces + [tok.sep_token_id]
+            labels = [IGNORE] + labels + [IGNORE]
+        out = pack_rows([(pieces, [0] * len(pieces), [WHOLE_IMAGE] * len(pieces))])
+        out["mlm_labels"] = torch.tensor([labels], dtype=torch.long)
         return out
 
     def __call__(self, dataset_dict):
         d = copy.copy(dataset_dict)
         rng = self._rng(d)
-        if "text" in d:
-            out = self.encode_text(d["text"], self.text_max_len - 2, rng)
+        if "text" in d or "text_file" in d:
+            text = d["text"] if "text" in d else read_corpus_sample(d)
+            # Official (GeneralCorpus + the multi-task model): the word pieces without [CLS] and
+            # [SEP]; the model appends the [END] element.
+            out = self.encode_text(text, self.text_max_len, rng, special_tokens=False)
             out.update(pretrain_kind="text", source=d["source"])
             return out
         return self.caption_input(d, rng)
@@ -235,7 +248,8 @@ class PretrainDatasetMapper:
         targets[1:][torch.from_numpy(chosen[1:])] = torch.from_numpy(classes[chosen[1:]])
 
         w, h = det["image_w"], det["image_h"]
-        boxes = np.concatenate([[[0.0, 0.0, w, h]], det["boxes"][keep]]).astype(np.float32)
+        # The whole image as the official loader adds it: [0, 0, w - 1, h - 1].
+        boxes = np.concatenate([[whole_image_box(w, h)], det["boxes"][keep]]).astype(np.float32)
         flipped = False
         if self.detection_features:
             if "features" not in det:
@@ -245,8 +259,9 @@ class PretrainDatasetMapper:
             # The whole image's feature: the mean over the boxes that are not masked (official).
             visible = ~torch.from_numpy(masked[1:])
             whole = features[visible].mean(0, keepdim=True) if visible.any() else features.mean(0, keepdim=True)
-            out = {"features": torch.cat([whole, features]), "boxes": torch.from_numpy(boxes),
-                   "image_size": (h, w)}
+            # Boxes resized and clamped as the image would be (official), for the geometry.
+            boxes_t, size, _ = resize_boxes_only(self.augmentations, h, w, boxes)
+            out = {"features": torch.cat([whole, features]), "boxes": boxes_t, "image_size": size}
         else:
             image, boxes_t, flipped = read_detected_image(d, det, boxes, self.augmentations,
                                                           self.image_format, "image")

@@ -16,7 +16,7 @@ from detectron2.config import configurable
 from detectron2.structures import PolygonMasks
 
 from ..modeling.bert import build_tokenizer
-from .common import WHOLE_IMAGE, build_resize_flip, pack_rows, read_image, resize_image_and_boxes
+from .common import WHOLE_IMAGE, build_resize_flip, pack_rows, read_image, resize_image_and_boxes, whole_image_box
 from .datasets.vcr import load_vcr_metadata
 from .feature_cache import FeatureCache
 
@@ -40,7 +40,8 @@ def tokenize_vcr(tokens, objects, tokenize):
 
     Args:
         tokens (list): words, or lists of object indices (``[1, 3]`` -> "name1 and name3";
-            three or more: "a , b and c").
+            three or more: "a and b and c", as the official loader; each "and" carries the
+            whole image).
         objects (list[str]): class names of the objects.
         tokenize (callable): word -> list of word pieces.
 
@@ -55,7 +56,7 @@ def tokenize_vcr(tokens, objects, tokenize):
             words = []
             for j, index in enumerate(token):
                 if j > 0:
-                    words.append(("and" if j == len(token) - 1 else ",", WHOLE_IMAGE))
+                    words.append(("and", WHOLE_IMAGE))
                 words.append((object_name(objects, index), index + 1))
         for word, tag in words:
             p = tokenize(word)
@@ -64,14 +65,59 @@ def tokenize_vcr(tokens, objects, tokenize):
     return pieces, tags
 
 
-def truncate_pair(a, b, max_len):
-    """Drop pieces from the end of the longer of two (pieces, tags) pairs until they fit."""
-    a, b = (list(a[0]), list(a[1])), (list(b[0]), list(b[1]))
-    while len(a[0]) + len(b[0]) > max_len:
-        longer = a if len(a[0]) > len(b[0]) else b
-        longer[0].pop()
-        longer[1].pop()
-    return a, b
+def _pop(seq):
+    seq[0].pop()
+    seq[1].pop()
+
+
+def _copy(seq):
+    return list(seq[0]), list(seq[1])
+
+
+def truncate_q2a(question, answers, max_len):
+    """The official VCR loader's Q->A truncation (``max_len``: its ``seq_len``, 64).
+
+    The answers are visited in order; while the question and the answer are longer than
+    ``max_len`` together, the answer loses its last piece if it is longer than the question, else
+    the question does (so on equal lengths the question). The question is one list in the
+    official code: what one answer cuts from it stays cut, and every sequence, the earlier
+    answers' included, uses the question as the last answer left it.
+
+    Args:
+        question ((pieces, tags)): sentence A.
+        answers (list of (pieces, tags)): the candidates.
+
+    Returns:
+        ((pieces, tags), list of (pieces, tags)): new lists; the inputs are not modified.
+    """
+    q, out = _copy(question), [_copy(a) for a in answers]
+    for a in out:
+        while len(q[0]) + len(a[0]) > max_len:
+            _pop(a if len(a[0]) > len(q[0]) else q)
+    return q, out
+
+
+def truncate_qa2r(question, answer, rationales, max_len):
+    """The official VCR loader's QA->R truncation (``max_len``: its ``seq_len``, 64).
+
+    The rationales are visited in order; while question + answer + rationale exceed
+    ``max_len``, the rationale loses its last piece if it is longer than question and answer
+    together, else the question does while it has more than one piece, else the answer. Question
+    and answer are shared by the rationales, as in :func:`truncate_q2a`.
+
+    Returns:
+        ((pieces, tags), (pieces, tags), list of (pieces, tags)): new lists.
+    """
+    q, a, out = _copy(question), _copy(answer), [_copy(r) for r in rationales]
+    for r in out:
+        while len(q[0]) + len(a[0]) + len(r[0]) > max_len:
+            if len(r[0]) > len(q[0]) + len(a[0]):
+                _pop(r)
+            elif len(q[0]) > 1:
+                _pop(q)
+            else:
+                _pop(a)
+    return q, a, out
 
 
 class VCRDatasetMapper:
@@ -114,8 +160,9 @@ class VCRDatasetMapper:
         return {
             "is_train": is_train,
             "tokenizer": build_tokenizer(cfg),
-            # No random flip: VCR's answers refer to objects by tags, and the official VCR
-            # fine-tuning does not flip either.
+            # No random flip here. The official VCR fine-tuning does flip (TRAIN.FLIP_PROB 0.5:
+            # the image, the boxes and the masks, not the text, so "left"/"right" in a question
+            # or answer may then be wrong); this project does not (README).
             "augmentations": build_resize_flip(cfg, is_train, allow_flip=False),
             "image_format": cfg.INPUT.FORMAT,
             "task": cfg.MODEL.VLBERT.VCR.TASK,
@@ -139,15 +186,22 @@ class VCRDatasetMapper:
             return [d["question"]], d["answer_choices"], d["answer_label"]
         answers = ([d["answer_label"]] if d["answer_label"] is not None
                    else range(len(d["answer_choices"])))
-        contexts = [d["question"] + d["answer_choices"][a] for a in answers]
+        contexts = [(d["question"], d["answer_choices"][a]) for a in answers]
         return contexts, d["rationale_choices"], d["rationale_label"]
 
-    def encode_text(self, objects, contexts, choices):
+    def encode_text(self, objects, contexts, choices, truncate=True):
         """Token ids, segments, mask and RoI tags of every (context, choice) sequence.
+
+        Truncated to ``max_text_len`` word pieces as the official loader does
+        (:func:`truncate_q2a`, :func:`truncate_qa2r`).
 
         Args:
             objects (list[str]): the record's object class names.
-            contexts, choices (list[list]): VCR token lists of sentence A and of sentence B.
+            contexts (list): VCR token lists of sentence A, or (question, answer) pairs of them
+                (QA->R: sentence A is the question followed by the answer).
+            choices (list[list]): VCR token lists of sentence B.
+            truncate (bool): False: keep every piece (the official loader does not truncate
+                QA->R on the test split, where the answer is unknown).
 
         Returns:
             dict of (K, L) LongTensors: input_ids, token_type_ids, text_mask, text_tags.
@@ -155,13 +209,20 @@ class VCRDatasetMapper:
         tok = self.tokenizer
         rows = []
         for context in contexts:
-            a = tokenize_vcr(context, objects, self._tokenize)
-            for choice in choices:
-                b = tokenize_vcr(choice, objects, self._tokenize)
-                a_, b_ = truncate_pair(a, b, self.max_text_len)
-                pieces = [tok.cls_token] + a_[0] + [tok.sep_token] + b_[0] + [tok.sep_token]
-                tags = [WHOLE_IMAGE] + a_[1] + [WHOLE_IMAGE] + b_[1] + [WHOLE_IMAGE]
-                types = [0] * (len(a_[0]) + 2) + [1] * (len(b_[0]) + 1)
+            b = [tokenize_vcr(choice, objects, self._tokenize) for choice in choices]
+            if isinstance(context, tuple):  # QA->R
+                q, ans = (tokenize_vcr(c, objects, self._tokenize) for c in context)
+                if truncate:
+                    q, ans, b = truncate_qa2r(q, ans, b, self.max_text_len)
+                a = (q[0] + ans[0], q[1] + ans[1])
+            else:
+                a = tokenize_vcr(context, objects, self._tokenize)
+                if truncate:
+                    a, b = truncate_q2a(a, b, self.max_text_len)
+            for b_ in b:
+                pieces = [tok.cls_token] + a[0] + [tok.sep_token] + b_[0] + [tok.sep_token]
+                tags = [WHOLE_IMAGE] + a[1] + [WHOLE_IMAGE] + b_[1] + [WHOLE_IMAGE]
+                types = [0] * (len(a[0]) + 2) + [1] * (len(b_[0]) + 1)
                 rows.append((tok.convert_tokens_to_ids(pieces), types, tags))
         return pack_rows(rows)
 
@@ -176,7 +237,9 @@ class VCRDatasetMapper:
             "label": -1 if label is None else label,
             "annot_id": d["annot_id"],
         })
-        out.update(self.encode_text(d["objects"], contexts, choices))
+        # Official: QA->R with an unknown answer (test split) is not truncated.
+        truncate = not (self.task == "QA2R" and d["answer_label"] is None)
+        out.update(self.encode_text(d["objects"], contexts, choices, truncate=truncate))
         return out
 
     def precomputed_inputs(self, d):
@@ -196,7 +259,8 @@ class VCRDatasetMapper:
             raise ValueError(f"{d['file_name']}: image is {image.shape[1]}x{image.shape[0]} but its "
                              f"metadata {d['metadata_file']} says {meta['width']}x{meta['height']}")
         h, w = image.shape[:2]
-        boxes = np.array([[0.0, 0.0, w, h]] + meta["boxes"], dtype=np.float32).reshape(-1, 4)
+        # The whole image as the official loader adds it: [0, 0, w - 1, h - 1].
+        boxes = np.array([whole_image_box(w, h)] + meta["boxes"], dtype=np.float32).reshape(-1, 4)
         image, boxes, transforms, _ = resize_image_and_boxes(self.augmentations, image, boxes)
         out = {
             "image": image,

@@ -1,8 +1,9 @@
 """Turns a VQA dataset dict into the VLBERT model's input (paper Figure 2 (b)).
 
 Text: ``[CLS] question [SEP] [MASK] [SEP]``, the question in segment A and the answer slot in
-segment B; every token carries the whole image's visual feature. RoIs: the whole image, then the
-boxes of the image's detection file. The answer head reads VL-BERT's output at the [MASK] slot.
+segment B; every token carries the whole image's visual feature. RoIs: the whole image
+(``[0, 0, w - 1, h - 1]``, official), then the boxes of the image's detection file, all clamped to
+the (resized) image's pixels as the official loader does. The answer head reads VL-BERT's output at the [MASK] slot.
 """
 import copy
 import logging
@@ -15,7 +16,8 @@ from detectron2.config import configurable
 
 from ..evaluation.vqa_eval import normalize_answer
 from ..modeling.bert import build_tokenizer
-from .common import WHOLE_IMAGE, build_resize_flip, pack_rows, read_detected_image, swap_left_right
+from .common import (WHOLE_IMAGE, build_resize_flip, pack_rows, read_detected_image, resize_boxes_only,
+                     swap_left_right, whole_image_box)
 from .datasets.vqa import answer_rows, answer_vocab_of, load_answer_vocab
 from .detections import read_detection
 
@@ -132,12 +134,15 @@ class VQADatasetMapper:
             raise ValueError(f"{d['detection_file']}: field 'image_box_feature' has {whole.shape[1]} "
                              f"values, 'features' {features.shape[1]} per box")
         features = torch.cat([whole, features])
-        boxes = torch.from_numpy(np.concatenate([[[0.0, 0.0, w, h]], det["boxes"]]).astype(np.float32))
-        return {"features": features, "boxes": boxes, "image_size": (h, w), "height": h, "width": w}
+        # As the official loader: the boxes are resized (and clamped) as the image would be, and
+        # the geometry embedding divides by the resized size.
+        boxes = np.concatenate([[whole_image_box(w, h)], det["boxes"]]).astype(np.float32)
+        boxes, size, _ = resize_boxes_only(self.augmentations, h, w, boxes)
+        return {"features": features, "boxes": boxes, "image_size": size, "height": h, "width": w}
 
     def image_inputs(self, d, det):
         w, h = det["image_w"], det["image_h"]
-        boxes = np.concatenate([[[0.0, 0.0, w, h]], det["boxes"]])
+        boxes = np.concatenate([[whole_image_box(w, h)], det["boxes"]])
         image, boxes, flipped = read_detected_image(d, det, boxes, self.augmentations, self.image_format, "image_id")
         return {"image": image, "boxes": boxes, "height": h, "width": w}, flipped
 

@@ -128,38 +128,58 @@ def _grow_token_types(bert, num_types):
     bert.config.type_vocab_size = num_types
 
 
-_WEIGHT_FILES = ("model.safetensors", "pytorch_model.bin")
-
-
 def load_pretrained_tensors(name, prefix):
-    """Tensors of a local BERT checkpoint whose names start with ``prefix`` (stripped), e.g.
-    ``"cls.predictions.transform."`` for the MLM head's transform, which ``BertModel`` does not
-    load. Old TensorFlow-era names (``gamma``/``beta``) become ``weight``/``bias``.
+    """Tensors of a BERT checkpoint whose names start with ``prefix`` (stripped), e.g.
+    ``"cls.predictions."`` for the MLM head, which ``BertModel`` does not load.
+
+    The checkpoint is read as ``BertForPreTraining.from_pretrained`` reads it, so ``name`` may be
+    anything :func:`build_bert` accepts: a hub name (resolved through the Hugging Face cache,
+    ``HF_HOME``/``HF_HUB_CACHE``, offline with ``HF_HUB_OFFLINE=1``), a local directory or
+    ``"pkg:<package>"``; TensorFlow-era names (``gamma``/``beta``), ``.bin``, safetensors and
+    sharded files alike. Only tensors the checkpoint really holds are returned: those that
+    ``from_pretrained`` had to initialise are left out. ``cls.predictions.bias`` and
+    ``cls.predictions.decoder.bias`` are one tensor (tied); a checkpoint that holds either gives
+    both. Tensors tied to one outside ``prefix`` (the MLM decoder's weight, which is the word
+    embeddings) are left out.
+
+    Args:
+        name (str): the BERT checkpoint.
+        prefix (str): a ``BertForPreTraining`` state-dict prefix (``"cls.predictions."``,
+            ``"cls.predictions.transform."``, ``"bert.pooler."``...).
 
     Returns:
-        dict[str, Tensor]: empty when ``name`` is not a local directory (a hub name: only
-        ``BertModel``'s weights are fetched) or its checkpoint has no such tensors.
+        dict[str, Tensor]: empty when ``name`` is empty or the checkpoint has no such tensors.
+
+    Raises:
+        PretrainedNotFoundError: ``name`` cannot be found (offline and not in the cache).
     """
-    path = resolve_pretrained(name) if name else ""
-    if not os.path.isdir(path):
+    if not name:
         return {}
-    for filename in _WEIGHT_FILES:
-        file = os.path.join(path, filename)
-        if not os.path.isfile(file):
-            continue
-        if filename.endswith(".safetensors"):
-            from safetensors.torch import load_file
+    from transformers import BertForPreTraining
+    from transformers.utils import logging as hf_logging
 
-            state = load_file(file)
-        else:
-            import torch
-
-            state = torch.load(file, map_location="cpu", weights_only=True)
-        out = {}
-        for key, value in state.items():
-            key = key[len("bert."):] if key.startswith("bert.") and not prefix.startswith("bert.") else key
-            if key.startswith(prefix):
-                rest = key[len(prefix):].replace("gamma", "weight").replace("beta", "bias")
-                out[rest] = value
-        return out
-    return {}
+    # transformers reports every missing head tensor as a warning (and draws a progress bar);
+    # what matters here is reported by the caller, from `missing_keys`.
+    verbosity = hf_logging.get_verbosity()
+    progress = hf_logging.is_progress_bar_enabled()
+    hf_logging.set_verbosity_error()
+    hf_logging.disable_progress_bar()
+    try:
+        model, info = _from_pretrained(BertForPreTraining, name, output_loading_info=True)
+    finally:
+        hf_logging.set_verbosity(verbosity)
+        if progress:
+            hf_logging.enable_progress_bar()
+    missing = set(info.get("missing_keys", ()))
+    state = model.state_dict()
+    # The MLM bias lives twice (tied); the checkpoint may hold either name.
+    tied = ("cls.predictions.bias", "cls.predictions.decoder.bias")
+    if any(k not in missing for k in tied if k in state):
+        missing.difference_update(tied)
+    # A tensor tied to one outside the prefix (the MLM decoder is the word embeddings) is not
+    # the prefix's own.
+    outside = {value.data_ptr() for key, value in state.items() if not key.startswith(prefix)}
+    out = {key[len(prefix):]: value.detach().clone() for key, value in state.items()
+           if key.startswith(prefix) and key not in missing and value.data_ptr() not in outside}
+    del model, state
+    return out

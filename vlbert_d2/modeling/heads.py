@@ -30,37 +30,53 @@ def build_vlbert_head(cfg, hidden_size):
 class VCRHead(nn.Module):
     """Multiple choice (VCR): one logit per candidate from the pooled [CLS] output.
 
-    Optionally adds the RoI classification loss of the official VCR fine-tuning: VL-BERT's output
-    at each RoI slot goes through a transform (dense, GELU, LayerNorm) and a linear classifier
-    over the object classes plus background; the whole-image RoI is background.
+    As the official VCR model (``ResNetVLBERT`` of ``vcr/modules``, configs ``cfgs/vcr/*``):
+
+    * ``classifier`` = the official ``final_mlp`` of ``CLASSIFIER_TYPE "1fc"`` (Dropout, then
+      Linear(H, 1)), Xavier-uniform weight and zero bias;
+    * ``roi_classifier`` = the official ``cnn_loss_reg`` (``CNN_LOSS_TOP``): the masked-RoI
+      classification transform (dense + GELU, no LayerNorm), Dropout, Linear(H, C + 1), its
+      linear layers initialised like BERT (normal, std 0.02, zero bias). It classifies VL-BERT's
+      output at every real RoI slot of every choice's sequence (the whole image included, as
+      background 0) into the object classes + background; cross-entropy averaged over all those
+      slots, weighted by ``roi_cls_loss_weight`` (official ``CNN_LOSS_WEIGHT``). Fine-tuning from
+      a pre-trained model starts its transform from the pre-trained masked-RoI transform
+      (``HEADS_FROM_PRETRAINING``; the official configs' ``PARTIAL_PRETRAIN_PREFIX_CHANGES``).
     """
 
     @configurable
     def __init__(self, *, hidden_size, dropout=0.1, loss="bce", num_object_classes=0,
-                 roi_cls_loss_weight=0.0, layer_norm_eps=1e-12):
+                 roi_cls_loss_weight=0.0, roi_cls_dropout=0.0, std=0.02):
         """
         Args:
             hidden_size (int): H.
             dropout (float): dropout before the classifier.
             loss (str): "bce" (sigmoid BCE per choice, official) or "ce" (softmax over choices).
             num_object_classes (int): object classes of the RoI classifier, background not
-                counted (0: no RoI classification).
+                counted (0: no RoI classification). VCR: the 80 COCO classes (official: 81 rows).
             roi_cls_loss_weight (float): weight of that loss (0: none).
-            layer_norm_eps (float): of the RoI transform's LayerNorm (BERT's).
+            roi_cls_dropout (float): dropout between the RoI transform and the RoI classifier
+                (official ``CNN_REG_DROPOUT``, 0 in every official config).
+            std (float): initialisation of the RoI layers (BERT's initializer_range).
         """
         super().__init__()
         if loss not in ("bce", "ce"):
             raise ValueError(f"MODEL.VLBERT.VCR.LOSS must be 'bce' or 'ce', got {loss!r}")
         self.loss = loss
         self.classifier = nn.Sequential(nn.Dropout(dropout), nn.Linear(hidden_size, 1))
+        _init_linears(self.classifier)
         self.roi_cls_loss_weight = roi_cls_loss_weight
         self.roi_classifier = None
         if roi_cls_loss_weight > 0 and num_object_classes > 0:
             self.roi_classifier = nn.Sequential(
-                nn.Linear(hidden_size, hidden_size), nn.GELU(),
-                nn.LayerNorm(hidden_size, eps=layer_norm_eps),
+                nn.Linear(hidden_size, hidden_size), nn.GELU(),  # the MVRC transform
+                nn.Dropout(roi_cls_dropout),
                 nn.Linear(hidden_size, num_object_classes + 1),  # + background (index 0)
             )
+            for m in self.roi_classifier.modules():
+                if isinstance(m, nn.Linear):
+                    nn.init.normal_(m.weight, std=std)
+                    nn.init.zeros_(m.bias)
 
     @classmethod
     def from_config(cls, cfg, hidden_size):
@@ -71,7 +87,8 @@ class VCRHead(nn.Module):
             classes = max(classes, len(MetadataCatalog.get(name).get("thing_classes", [])))
         v = cfg.MODEL.VLBERT.VCR
         return {"hidden_size": hidden_size, "dropout": v.CLASSIFIER_DROPOUT, "loss": v.LOSS,
-                "num_object_classes": classes, "roi_cls_loss_weight": v.ROI_CLS_LOSS_WEIGHT}
+                "num_object_classes": classes, "roi_cls_loss_weight": v.ROI_CLS_LOSS_WEIGHT,
+                "roi_cls_dropout": v.CNN_REG_DROPOUT}
 
     def forward(self, outputs, batch):
         """
@@ -109,8 +126,9 @@ class VCRHead(nn.Module):
         return losses
 
     def _roi_loss(self, outputs, batch):
-        # Targets per sequence: class + 1 for objects, 0 (background) for the whole image,
-        # ignored for padding and for RoIs without a class.
+        # Targets per sequence (the official ``objects[box_mask]`` repeated over the choices):
+        # class + 1 for objects, 0 (background) for the whole image, ignored for padding and
+        # for RoIs without a class.
         classes = batch.object_classes[batch.seq_to_input]  # (S, N)
         target = torch.where(classes >= -1, classes + 1, torch.full_like(classes, -100))
         logits = self.roi_classifier(outputs.objects)  # (S, N, C + 1)
@@ -166,16 +184,22 @@ class VQAHead(nn.Module):
 
     def _init_transform_from_mlm(self, bert_name):
         """As the official VQA model: the transform starts from BERT's MLM-head transform
-        (``cls.predictions.transform``) when the BERT checkpoint has one."""
+        (``cls.predictions.transform``), whether ``bert_name`` is a hub name, a cached one or a
+        local directory. A BERT without an MLM head leaves it random, with a warning."""
         from .bert import load_pretrained_tensors
 
-        mlm = load_pretrained_tensors(bert_name, "cls.predictions.transform.") if bert_name else {}
-        if not mlm:
-            logger.info("VQA head: %s has no MLM head (cls.predictions.transform); its transform "
-                        "starts from random weights", bert_name or "a random BERT")
+        if not bert_name:
+            logger.info("VQA head: no BERT checkpoint (MODEL.VLBERT.BERT_NAME empty); the transform "
+                        "starts from random weights")
             return
+        mlm = load_pretrained_tensors(bert_name, "cls.predictions.transform.")
         mapping = {"dense.weight": "0.weight", "dense.bias": "0.bias",
                    "LayerNorm.weight": "2.weight", "LayerNorm.bias": "2.bias"}
+        if not mlm:
+            logger.warning("VQA head: the BERT checkpoint %s has no MLM head (cls.predictions."
+                           "transform): the head's transform starts from random weights, unlike "
+                           "the official VQA model", bert_name)
+            return
         missing = [k for k in mapping if k not in mlm]
         if missing:
             raise ValueError(f"{bert_name}: cls.predictions.transform lacks {missing}")
@@ -311,14 +335,17 @@ class PretrainHead(nn.Module):
                 "bert_name": cfg.MODEL.VLBERT.BERT_NAME}
 
     def _init_mlm_from_bert(self, bert_name):
+        """As the official pre-training model: the MLM transform and bias start from BERT's
+        ``cls.predictions``, whether ``bert_name`` is a hub name, a cached one or a local
+        directory. A BERT without an MLM head leaves them random, with a warning."""
         from .bert import load_pretrained_tensors
 
         mlm = load_pretrained_tensors(bert_name, "cls.predictions.")
         mapping = {"transform.dense.weight": "0.weight", "transform.dense.bias": "0.bias",
                    "transform.LayerNorm.weight": "2.weight", "transform.LayerNorm.bias": "2.bias"}
         if not all(k in mlm for k in mapping):
-            logger.info("MLM head: %s has no MLM head (cls.predictions); it starts from random "
-                        "weights", bert_name)
+            logger.warning("MLM head: the BERT checkpoint %s has no MLM head (cls.predictions): it "
+                           "starts from random weights, unlike the official pre-training", bert_name)
             return
         self.mlm_transform.load_state_dict({mapping[k]: mlm[k] for k in mapping})
         if "bias" in mlm:
@@ -326,6 +353,8 @@ class PretrainHead(nn.Module):
                 raise ValueError(f"{bert_name}: cls.predictions.bias has shape {tuple(mlm['bias'].shape)}, "
                                  f"the vocabulary has {self.mlm_bias.numel()} tokens")
             self.mlm_bias.data.copy_(mlm["bias"])
+        else:
+            logger.warning("MLM head: %s has no cls.predictions.bias; the bias starts at zero", bert_name)
         logger.info("MLM head initialised from %s's cls.predictions", bert_name)
 
     def mlm_logits(self, hidden, word_embeddings):

@@ -4,6 +4,7 @@ from dataclasses import dataclass
 from typing import List
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from detectron2.config import configurable
@@ -67,15 +68,17 @@ class VLBERT(nn.Module):
     * pre-training: ``mvrc_masked`` (N,) bool, the RoIs whose [IMG] token becomes the learned
       [MASK] one (and, with precomputed features, whose feature becomes a learned vector).
 
-    Inputs without ``boxes`` are text only (pre-training's text corpus): they have no visual
-    elements, and every word's visual feature embedding is one learned vector. A batch may mix
-    both kinds; each kind goes through the transformer separately and the head sees each.
+    Inputs without ``boxes`` are text only (pre-training's text corpus): they have no RoI
+    (only the [END] element follows the words), and every word's visual feature embedding is one
+    learned vector. A batch may mix both kinds; each kind goes through the transformer
+    separately and the head sees each.
     """
 
     @configurable
     def __init__(self, *, region_extractor, fusion, vl_bert, head, pixel_mean, pixel_std,
-                 pretrain_embeddings=None):
+                 pretrain_embeddings=None, fixed_pad=(0, 0)):
         super().__init__()
+        self.fixed_pad = tuple(fixed_pad)
         self.region_extractor = region_extractor
         self.fusion = fusion
         self.vl_bert = vl_bert
@@ -121,7 +124,7 @@ class VLBERT(nn.Module):
                 std=vl_bert.bert.config.initializer_range)
         return {"region_extractor": region_extractor, "fusion": fusion, "vl_bert": vl_bert,
                 "head": head, "pixel_mean": cfg.MODEL.PIXEL_MEAN, "pixel_std": cfg.MODEL.PIXEL_STD,
-                "pretrain_embeddings": pretrain_embeddings}
+                "pretrain_embeddings": pretrain_embeddings, "fixed_pad": cfg.MODEL.VLBERT.FIXED_PAD}
 
     @property
     def device(self):
@@ -129,7 +132,19 @@ class VLBERT(nn.Module):
 
     def preprocess_image(self, batched_inputs):
         images = [(x["image"].to(self.device) - self.pixel_mean) / self.pixel_std for x in batched_inputs]
-        return ImageList.from_tensors(images, self.region_extractor.backbone.size_divisibility)
+        batch = ImageList.from_tensors(images, self.region_extractor.backbone.size_divisibility)
+        short, long = self.fixed_pad
+        if short > 0 and long > 0:
+            # The official VCR canvas: (short, long) for landscape images, (long, short) for
+            # portrait ones, zero (the mean colour) beyond the image.
+            h = max(short if im.shape[-2] <= im.shape[-1] else long for im in images)
+            w = max(long if im.shape[-2] <= im.shape[-1] else short for im in images)
+            if h < batch.tensor.shape[-2] or w < batch.tensor.shape[-1]:
+                raise ValueError(f"MODEL.VLBERT.FIXED_PAD {self.fixed_pad}: an image of the batch is "
+                                 f"larger ({tuple(batch.tensor.shape[-2:])}); raise it or INPUT.MAX_SIZE_*")
+            tensor = F.pad(batch.tensor, (0, w - batch.tensor.shape[-1], 0, h - batch.tensor.shape[-2]))
+            batch = ImageList(tensor, batch.image_sizes)
+        return batch
 
     def region_features(self, batched_inputs, boxes):
         """RoI appearance features, from the CNN or, in precomputed-feature mode, from the inputs.
@@ -215,8 +230,11 @@ class VLBERT(nn.Module):
         return outputs, batch
 
     def encode_text_only(self, batched_inputs, output_attentions=False):
-        """The transformer over text-only inputs: no visual elements; every word's visual
-        feature embedding is the learned ``pretrain_embeddings.text_only_visual``.
+        """The transformer over text-only inputs: every word's visual feature embedding is the
+        learned ``pretrain_embeddings.text_only_visual``; there is no RoI, but the [END] element
+        closes the sequence (segment C, position = text length + 1), as in the official
+        multi-task pre-training, where text-only rows pass through the visual-linguistic
+        embedding with an empty set of RoIs.
 
         Returns:
             (VLBertOutput, VLBertBatch)
@@ -232,7 +250,10 @@ class VLBERT(nn.Module):
         token_type_ids = _pad_stack([x["token_type_ids"] for x in batched_inputs]).to(dev)
         text_mask = _pad_stack([x["text_mask"] for x in batched_inputs]).to(dev)
         text_visual = pe.text_only_visual.expand(*input_ids.shape, -1)
-        outputs = self.vl_bert(input_ids, token_type_ids, text_mask, text_visual,
+        # Zero RoIs (not None): the sequence is [text | END].
+        no_objects = text_visual.new_zeros((input_ids.shape[0], 0, text_visual.shape[-1]))
+        outputs = self.vl_bert(input_ids, token_type_ids, text_mask, text_visual, no_objects,
+                               text_mask.new_zeros((input_ids.shape[0], 0)),
                                output_attentions=output_attentions)
         batch = VLBertBatch(
             num_choices=num_choices,

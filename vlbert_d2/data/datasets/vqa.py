@@ -19,7 +19,7 @@ from collections import Counter
 from detectron2.data import DatasetCatalog, MetadataCatalog
 
 from ...evaluation.vqa_eval import normalize_answer, soft_scores
-from ...utils.files import iter_text_lines, read_json
+from ...utils.files import atomic_write, iter_text_lines, read_json
 
 logger = logging.getLogger(__name__)
 
@@ -121,10 +121,8 @@ def ensure_answer_vocab(path, annotation_files, min_count=ANSWER_MIN_COUNT):
         vocab = build_answer_vocab(annotation_files, min_count)
         if not vocab:
             raise VQAFormatError(f"no answer occurs {min_count} times in {annotation_files}: cannot build {path}")
-        tmp = path + ".tmp"
-        with open(tmp, "w", encoding="utf-8") as f:
+        with atomic_write(path, "w", encoding="utf-8") as f:
             f.write("\n".join(vocab) + "\n")
-        os.replace(tmp, path)
         logger.info("Built the VQA answer vocabulary %s: %d answers occurring >= %d times in %s",
                     path, len(vocab), min_count, ", ".join(annotation_files))
     return load_answer_vocab(path)
