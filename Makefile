@@ -9,7 +9,7 @@ setup:
 	bash scripts/setup_env.sh
 
 data: setup
-	$(PY) -m vlbert_d2.data.synthetic --root $${DETECTRON2_DATASETS:-datasets}/synthetic_vcr_size --seed 0 --question-types size
+	$(PY) -m synthetic_vl --root $${DETECTRON2_DATASETS:-datasets}/synthetic_vcr_size --seed 0 --question-types size
 
 # Generate the synthetic VCR data if missing, train the tiny model on CPU, then evaluate the
 # saved checkpoint with --eval-only.
@@ -17,10 +17,10 @@ demo: data
 	bash scripts/demo.sh
 
 data-vqa: setup
-	$(PY) -m vlbert_d2.data.synthetic --format vqa --root $${DETECTRON2_DATASETS:-datasets}/synthetic_vqa_geometry --seed 0 --question-types count morethan moreside
+	$(PY) -m synthetic_vl --format vqa --root $${DETECTRON2_DATASETS:-datasets}/synthetic_vqa_geometry --seed 0 --question-types count morethan moreside
 
 data-refcoco: setup
-	$(PY) -m vlbert_d2.data.synthetic --format refcoco+ --root $${DETECTRON2_DATASETS:-datasets}/synthetic_refcoco_geometry --seed 0 --question-types biggest smallest leftmost rightmost
+	$(PY) -m synthetic_vl --format refcoco+ --root $${DETECTRON2_DATASETS:-datasets}/synthetic_refcoco_geometry --seed 0 --question-types biggest smallest leftmost rightmost
 
 # The same for VQA v2 and RefCOCO+ (synthetic data in the official layouts).
 demo-vqa: data-vqa
@@ -30,15 +30,16 @@ demo-refcoco: data-refcoco
 	CONFIG="configs/quick_schedules/VLBERT-Tiny-SyntheticRefCOCO+.yaml" OUT="output/tiny_synthetic_refcoco+" bash scripts/demo.sh
 
 data-captions: setup
-	$(PY) -m vlbert_d2.data.synthetic --format captions --root $${DETECTRON2_DATASETS:-datasets}/synthetic_captions --seed 0
+	$(PY) -m synthetic_vl --format captions --root $${DETECTRON2_DATASETS:-datasets}/synthetic_captions --seed 0
 
 # Pre-training on the synthetic captions + text corpus (then --eval-only on the checkpoint).
 demo-pretrain: data-captions
 	CONFIG=configs/quick_schedules/VLBERT-Tiny-SyntheticPretrain.yaml OUT=output/tiny_synthetic_pretrain bash scripts/demo.sh
 
 # The miniature of the paper's pre-training ablation (README: Measured), about 45 minutes.
+# The synthetic data (data*) and this study: projects/SyntheticVL (package synthetic_vl).
 ablation-pretrain: data-captions data-vqa
-	OMP_NUM_THREADS=1 $(PY) scripts/pretrain_ablation.py --seeds 0 1 2
+	OMP_NUM_THREADS=1 $(PY) projects/SyntheticVL/pretrain_ablation.py --seeds 0 1 2
 
 test: setup
 	$(PY) -m pytest -q tests

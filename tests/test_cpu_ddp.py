@@ -58,7 +58,7 @@ def _train_and_save_each_rank(out):
 
 @pytest.fixture(scope="module")
 def data_root(tmp_path_factory):
-    from vlbert_d2.data.synthetic import generate_vcr
+    from synthetic_vl import generate_vcr
 
     root = tmp_path_factory.mktemp("datasets")
     generate_vcr(str(root / "synthetic_vcr_size"), counts={"train": 8, "val": 2, "test": 2},

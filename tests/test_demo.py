@@ -39,10 +39,12 @@ def _checkpoint(task, scene):
     from detectron2.modeling import build_model
 
     from vlbert_d2 import add_vlbert_config
+    from vlbert_d2.config import finalize_vlbert_config
 
     cfg = add_vlbert_config(get_cfg())
     cfg.merge_from_file(CONFIGS[task])
     cfg.MODEL.VLBERT.VQA.ANSWER_VOCAB = str(scene / "answers_vqa.txt")
+    cfg = finalize_vlbert_config(cfg)  # the sizes the model is built with (answers, object classes)
     torch.manual_seed(0)
     path = scene / f"{task}_model.pth"
     torch.save({"model": build_model(cfg).state_dict()}, path)
@@ -95,17 +97,20 @@ def test_demo_reports_bad_boxes(scene, tmp_path):
     assert f"--boxes: {bad}: expected a non-empty list of [x1, y1, x2, y2]" in res.stderr
 
 
-def test_vcr_region_references():
-    import importlib.util
-
-    spec = importlib.util.spec_from_file_location("vlbert_demo", os.path.join(REPO, "tools", "demo.py"))
-    demo = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(demo)
-    assert demo.vcr_tokens("is [0,2] near [1] ?", 3, "--question") == ["is", [0, 2], "near", [1], "?"]
-    with pytest.raises(SystemExit, match="region 3 does not exist"):
-        demo.vcr_tokens("[3]", 3, "--choices")
-    with pytest.raises(SystemExit, match="not a region reference"):
-        demo.vcr_tokens("[a]", 3, "--choices")
+def test_vcr_region_references(scene, tmp_path):
+    """Region references in the text are checked (by the predictor) and named on the command line."""
+    args = ["--config-file", CONFIGS["vcr"], "--weights", str(_checkpoint("vcr", scene)), "--input",
+            str(scene / "scene.jpg"), "--boxes", str(scene / "scene.json"), "--output", str(tmp_path / "out"),
+            "--question", "is [0,2] near [1] ?"]
+    for choices, message in ((["[0]", "[3]"], "--choices: region 3 does not exist (there are 3 regions)"),
+                             (["[a]"], "--choices: '[a]' is not a region reference like [0] or [0,2]")):
+        with pytest.raises(SystemExit) as e:
+            _load_demo().main(args + ["--choices"] + choices)
+        assert e.value.code == message
+    with pytest.raises(SystemExit, match="--objects: 2 names for 3 regions"):
+        _load_demo().main(args + ["--choices", "[0]", "--objects", "a", "b"])
+    with pytest.raises(SystemExit, match="a VCR model needs --choices"):
+        _load_demo().main(args)
 
 
 # --- regions from the bottom-up-attention detector (projects/BottomUpAttention) ---
@@ -116,8 +121,7 @@ def _detector_pkl(scene):
 
     import torch
 
-    sys.path.insert(0, os.path.join(REPO, "projects", "BottomUpAttention"))
-    import bua
+    bua = _load_demo().import_bottom_up_attention()  # the project's package, as the demo loads it
     from bua.testing import TINY_OPTS, calibrate_frozen_norms
 
     config = os.path.join(REPO, "projects", "BottomUpAttention", "configs", "BUA-R101-C4-VG.yaml")
@@ -160,6 +164,22 @@ def _load_demo():
     demo = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(demo)
     return demo
+
+
+def test_bottom_up_project_is_found_without_sys_path():
+    """The demo loads the detector's project from the checkout under the name ``bua`` in a
+    process where it is not importable, without adding it to sys.path."""
+    code = ("import importlib.util, sys\n"
+            "spec = importlib.util.spec_from_file_location('demo', sys.argv[1])\n"
+            "demo = importlib.util.module_from_spec(spec); spec.loader.exec_module(demo)\n"
+            "f = demo.import_bottom_up_attention\n"
+            "assert 'bua' not in sys.modules\n"
+            "bua = f(); import bua.testing\n"
+            "print(bua.RegionDetector.__name__, f() is bua, any('BottomUpAttention' in p for p in sys.path))")
+    res = subprocess.run([sys.executable, "-c", code, os.path.join(REPO, "tools", "demo.py")], cwd=str(REPO),
+                         capture_output=True, text=True, timeout=300, env=dict(os.environ, OMP_NUM_THREADS="1"))
+    assert res.returncode == 0, res.stderr[-3000:]
+    assert res.stdout.split() == ["RegionDetector", "True", "False"]
 
 
 def test_demo_regions_from_one_source(scene, capsys):

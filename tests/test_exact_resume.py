@@ -37,7 +37,7 @@ def _weights(path):
 
 @pytest.fixture(scope="module")
 def data_root(tmp_path_factory):
-    from vlbert_d2.data.synthetic import generate_vcr
+    from synthetic_vl import generate_vcr
 
     root = tmp_path_factory.mktemp("datasets")
     generate_vcr(str(root / "synthetic_vcr_size"), counts={"train": 10, "val": 4, "test": 2},

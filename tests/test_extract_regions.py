@@ -198,8 +198,8 @@ def test_registered_dataset_and_stem_names(folder, weights, tmp_path):
 
 def test_vqa_loader_reads_the_files(weights, tmp_path):
     """The files are what the VQA loader and mapper read, from the images and from the features."""
+    from synthetic_vl import generate_vqa
     from vlbert_d2.data.datasets.vqa import load_vqa
-    from vlbert_d2.data.synthetic.coco_tasks import generate_vqa
     from vlbert_d2.data.vqa_mapper import VQADatasetMapper
     from vlbert_d2.modeling.bert import build_tokenizer
 

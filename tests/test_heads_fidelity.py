@@ -221,6 +221,7 @@ def test_vqa_and_mlm_heads_start_from_cls_predictions_of_a_hub_name(tmp_path):
         import torch
         from detectron2.config import get_cfg
         from vlbert_d2 import add_vlbert_config
+        from vlbert_d2.config import finalize_vlbert_config
         from vlbert_d2.modeling.heads import build_vlbert_head
 
         heads = {{}}
@@ -228,7 +229,7 @@ def test_vqa_and_mlm_heads_start_from_cls_predictions_of_a_hub_name(tmp_path):
             cfg = add_vlbert_config(get_cfg())
             cfg.merge_from_list(["MODEL.VLBERT.HEAD", name, "MODEL.VLBERT.BERT_NAME", {HUB_NAME!r},
                                  "MODEL.VLBERT.VQA.ANSWER_VOCAB", {str(tmp_path / "answers.txt")!r}])
-            heads[name] = build_vlbert_head(cfg, 8).state_dict()
+            heads[name] = build_vlbert_head(finalize_vlbert_config(cfg), 8).state_dict()
         torch.save(heads, {str(out)!r})
     """)
     env = dict(os.environ, HF_HUB_CACHE=str(cache), HF_HOME=str(tmp_path / "hf_home"), HF_HUB_OFFLINE="1",

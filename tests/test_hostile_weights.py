@@ -47,7 +47,7 @@ def test_the_hostile_files_do_run_code_when_unpickled(tmp_path):
 
 @pytest.fixture(scope="module")
 def data_root(tmp_path_factory):
-    from vlbert_d2.data.synthetic import generate_vcr
+    from synthetic_vl import generate_vcr
 
     root = tmp_path_factory.mktemp("datasets")
     generate_vcr(str(root / "synthetic_vcr_size"), counts={"train": 4, "val": 2, "test": 2}, seed=2,

@@ -73,6 +73,7 @@ def project_cfg(task, assets):
     from detectron2.config import get_cfg
 
     from vlbert_d2 import add_vlbert_config
+    from vlbert_d2.config import finalize_vlbert_config
 
     cfg = add_vlbert_config(get_cfg())
     cfg.merge_from_file(os.path.join(REPO, "configs", CONFIGS[task]))
@@ -103,7 +104,7 @@ def project_cfg(task, assets):
         "MODEL.VLBERT.VQA.ANSWER_VOCAB", assets["answers"],
         "MODEL.VLBERT.PRETRAIN.NUM_REGION_CLASSES", spec.NUM_REGION_CLASSES,
     ])
-    return cfg
+    return finalize_vlbert_config(cfg)
 
 
 def _first(out):

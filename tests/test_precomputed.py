@@ -17,8 +17,10 @@ def model_and_cache(tmp_path_factory, synthetic_dicts, synthetic_names):
     from detectron2.modeling import build_model
 
     from conftest import make_cfg
+    from vlbert_d2.config import finalize_vlbert_config
 
-    cfg = make_cfg(DATASETS__TRAIN=(synthetic_names["train"],), MODEL__VLBERT__VISUAL_LN_INIT=1.0)
+    cfg = finalize_vlbert_config(make_cfg(DATASETS__TRAIN=(synthetic_names["train"],),
+                                          MODEL__VLBERT__VISUAL_LN_INIT=1.0))
     torch.manual_seed(0)
     model = build_model(cfg).eval()
     cache = str(tmp_path_factory.mktemp("features"))

@@ -23,7 +23,7 @@ COMMON = ["MODEL.VLBERT.NUM_LAYERS", "1", "DATALOADER.NUM_WORKERS", "0", "SOLVER
 
 @pytest.fixture(scope="module")
 def captions_root(tmp_path_factory):
-    from vlbert_d2.data.synthetic.captions import generate_captions
+    from synthetic_vl import generate_captions
 
     root = tmp_path_factory.mktemp("datasets") / "synthetic_captions"
     generate_captions(str(root), counts={"train": 12, "val": 4}, seed=3)
@@ -442,11 +442,12 @@ def _load_into(config, weights, extra=()):
 
     from vlbert_d2 import add_vlbert_config
     from vlbert_d2.checkpoint import VLBertCheckpointer
+    from vlbert_d2.config import finalize_vlbert_config
 
     cfg = add_vlbert_config(get_cfg())
     cfg.merge_from_file(config)
     cfg.merge_from_list(["MODEL.VLBERT.NUM_LAYERS", "1", *extra])
-    model = build_model(cfg)
+    model = build_model(finalize_vlbert_config(cfg))
     VLBertCheckpointer(model).load(weights)
     return model
 
@@ -514,9 +515,9 @@ def test_precomputed_features_mask_rois_with_a_learned_vector(tmp_path):
 def test_synthetic_captions_state_what_the_detections_show(captions_root, tmp_path):
     """Every caption's object count and side counts agree with its detection file; the same seed
     writes the same files."""
+    from synthetic_vl import generate_captions
     from vlbert_d2.data.datasets.pretrain import load_conceptual_captions
     from vlbert_d2.data.detections import read_detection
-    from vlbert_d2.data.synthetic.captions import generate_captions
 
     words = {"one": 1, "two": 2, "three": 3, "four": 4, "five": 5, "no": 0, "none": 0}
     for d in load_conceptual_captions(str(captions_root / "train_frcnn.json"), str(captions_root)):

@@ -66,7 +66,7 @@ def _cfg(config_file, tmp_path, **overrides):
 
 @pytest.fixture(scope="module")
 def vcr_root(tmp_path_factory):
-    from vlbert_d2.data.synthetic import generate_vcr
+    from synthetic_vl import generate_vcr
 
     root = str(tmp_path_factory.mktemp("record_checks_vcr"))
     generate_vcr(root, counts={"train": 40}, seed=1)
@@ -90,7 +90,7 @@ def _set_box(d, i, box):
 def bad_vqa(tmp_path_factory):
     """A synthetic VQA subset (10 images, 2 questions each) with one corruption per image for 8
     of them. Returns (cfg, dicts, {image_id: (field, file, words of the message)}, clipped id)."""
-    from vlbert_d2.data.synthetic.coco_tasks import generate_vqa
+    from synthetic_vl import generate_vqa
 
     tmp = tmp_path_factory.mktemp("record_checks_vqa")
     root = str(tmp / "coco")
@@ -207,7 +207,7 @@ def test_bad_files_are_found_up_front_with_file_and_field(bad_vqa):
 
 
 def test_missing_zip_members_and_nan_classes_of_captions(tmp_path):
-    from vlbert_d2.data.synthetic.captions import generate_captions
+    from synthetic_vl import generate_captions
 
     root = tmp_path / "captions"
     generate_captions(str(root), counts={"train": 5, "val": 1}, seed=0)
@@ -366,7 +366,7 @@ def test_cache_makes_the_second_run_skip_the_work(vcr_root, tmp_path, monkeypatc
 
 
 def test_check_dataset_tool_exits_1_on_bad_data_and_0_on_good(vcr_root, tmp_path):
-    from vlbert_d2.data.synthetic import generate_vcr
+    from synthetic_vl import generate_vcr
 
     datasets = tmp_path / "datasets"
     generate_vcr(str(datasets / "synthetic_vcr"), counts={"val": 6}, seed=2)

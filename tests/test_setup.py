@@ -46,7 +46,7 @@ def test_collect_env_reports_versions_build_and_device():
 
 def test_synthetic_cli_writes_the_vcr_layout(tmp_path):
     root = tmp_path / "synth"
-    cmd = [sys.executable, "-m", "vlbert_d2.data.synthetic", "--root", str(root), "--train", "4",
+    cmd = [sys.executable, "-m", "synthetic_vl", "--root", str(root), "--train", "4",
            "--val", "2", "--test", "2", "--question-types", "size"]
     res = subprocess.run(cmd, capture_output=True, text=True, cwd=REPO)
     assert res.returncode == 0, res.stderr

@@ -1,14 +1,14 @@
-"""Tests for the synthetic VCR-format scene generator."""
+"""Tests for the synthetic VCR-format scene generator (projects/SyntheticVL: synthetic_vl)."""
 import collections
+import glob
 import json
 import os
 
 import cv2
 import numpy as np
 import pytest
-
-from vlbert_d2.data import synthetic
-from vlbert_d2.data.synthetic import PALETTE, QUADRANTS, ensure_synthetic_vcr, generate_vcr
+import synthetic_vl as synthetic
+from synthetic_vl import PALETTE, QUADRANTS, ensure_synthetic_vcr, generate_vcr
 
 SMALL = {"train": 12, "val": 4, "test": 4}
 REQUIRED = {"movie", "objects", "img_fn", "metadata_fn", "question", "answer_choices",
@@ -174,3 +174,53 @@ def test_cli(tmp_path, capsys):
     assert len(_load(root, "val")) == 2
     synthetic.main(["--root", root, "--train", "3", "--val", "2", "--test", "1"])
     assert "already complete" in capsys.readouterr().out
+
+
+def test_cli_help(capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        synthetic.main(["--help"])
+    assert exit_info.value.code == 0
+    out = capsys.readouterr().out
+    assert "python -m synthetic_vl" in out
+    assert all(f in out for f in ("vcr", "vqa", "refcoco+", "captions"))
+
+
+def _imports(folder):
+    """(file, module imported, names) for every import under ``folder``; relative ones resolved
+    to the package of the file."""
+    import ast
+
+    found = []
+    for path in sorted(glob.glob(os.path.join(folder, "**", "*.py"), recursive=True)):
+        rel = os.path.relpath(path, os.path.dirname(folder))
+        package = os.path.dirname(rel).replace(os.sep, ".")
+        with open(path) as f:
+            tree = ast.parse(f.read(), path)
+        for node in ast.walk(tree):
+            if isinstance(node, ast.Import):
+                found += [(rel, a.name, []) for a in node.names]
+            elif isinstance(node, ast.ImportFrom):
+                base = package.rsplit(".", node.level - 1)[0] if node.level > 1 else package
+                module = node.module or ""
+                if node.level:
+                    module = f"{base}.{module}" if module else base
+                found.append((rel, module, [a.name for a in node.names]))
+    return found
+
+
+def test_the_library_does_not_import_the_project_and_has_its_class_names():
+    """projects/SyntheticVL sits on top of vlbert_d2: the library registers the synthetic datasets
+    with the object classes as data, which must be those the generator draws."""
+    import vlbert_d2
+    from vlbert_d2.data import SYNTHETIC_CLASSES
+
+    library = os.path.dirname(vlbert_d2.__file__)
+    assert [(f, m) for f, m, _ in _imports(library) if m.split(".")[0] == "synthetic_vl"] == []
+    assert tuple(SYNTHETIC_CLASSES) == synthetic.SHAPES
+
+
+def test_the_project_modules_share_only_public_names():
+    project = os.path.dirname(synthetic.__file__)
+    private = [(f, m, n) for f, m, names in _imports(project) if m.startswith("synthetic_vl")
+               for n in names if n.startswith("_")]
+    assert private == []

@@ -1,4 +1,4 @@
-"""Tests for the synthetic VQA v2 and RefCOCO+ generators (vlbert_d2.data.synthetic.coco_tasks)."""
+"""Tests for the synthetic VQA v2 and RefCOCO+ generators (projects/SyntheticVL: synthetic_vl.vqa, .refcoco)."""
 import collections
 import io
 import json
@@ -9,16 +9,17 @@ import re
 import cv2
 import numpy as np
 import pytest
-
-from vlbert_d2.data import synthetic
-from vlbert_d2.data.detections import read_detection
-from vlbert_d2.data.synthetic import MAX_SIZE, MIDLINE_MARGIN, MIN_SIZE, PALETTE, SHAPES, SIZE_GAP
-from vlbert_d2.data.synthetic.coco_tasks import (
-    _MIN_X_GAP, REFCOCO_EXPRESSION_TYPES, REFCOCO_GEOMETRY_TYPES, REFCOCO_INSTANCES,
+import synthetic_vl as synthetic
+from synthetic_vl import MAX_SIZE, MIDLINE_MARGIN, MIN_SIZE, PALETTE, SHAPES, SIZE_GAP
+from synthetic_vl import REFCOCO_MIN_X_GAP as _MIN_X_GAP
+from synthetic_vl import (
+    REFCOCO_EXPRESSION_TYPES, REFCOCO_GEOMETRY_TYPES, REFCOCO_INSTANCES,
     REFCOCO_MARKER, REFCOCO_PROPOSALS, REFCOCO_REFS, VQA_DETECTION_DIRS, VQA_GEOMETRY_TYPES,
     VQA_MARKER, VQA_QUESTION_TYPES, ensure_synthetic_refcoco, ensure_synthetic_vqa,
     generate_refcoco, generate_vqa, is_complete_refcoco, is_complete_vqa, refcoco_image_file,
     vqa_annotation_file, vqa_image_file, vqa_question_file)
+
+from vlbert_d2.data.detections import read_detection
 
 VQA_COUNTS = {"train2014": 150, "val2014": 40, "test2015": 10}
 REF_COUNTS = {"train": 120, "val": 30, "testA": 15, "testB": 15}

@@ -29,7 +29,7 @@ def copypaste_metrics(stdout):
 
 @pytest.fixture(scope="module")
 def size_data(tmp_path_factory):
-    from vlbert_d2.data.synthetic import generate_vcr
+    from synthetic_vl import generate_vcr
 
     root = tmp_path_factory.mktemp("datasets")
     generate_vcr(str(root / "synthetic_vcr_size"), counts={"train": 24, "val": 8, "test": 4},

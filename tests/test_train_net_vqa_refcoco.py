@@ -18,7 +18,7 @@ COMMON = ["MODEL.VLBERT.NUM_LAYERS", "1", "DATALOADER.NUM_WORKERS", "0", "SOLVER
 
 @pytest.fixture(scope="module")
 def data_root(tmp_path_factory):
-    from vlbert_d2.data.synthetic.coco_tasks import generate_refcoco, generate_vqa
+    from synthetic_vl import generate_refcoco, generate_vqa
 
     root = tmp_path_factory.mktemp("datasets")
     generate_vqa(str(root / "synthetic_vqa_geometry"), counts={"train2014": 60, "val2014": 6, "test2015": 4}, seed=2)

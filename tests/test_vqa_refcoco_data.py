@@ -7,6 +7,7 @@ import pickle
 import numpy as np
 import pytest
 import torch
+from synthetic_vl import generate_refcoco, generate_vqa
 
 from vlbert_d2.data.common import swap_left_right
 from vlbert_d2.data.datasets.refcoco import RefCOCOFormatError, load_refcoco
@@ -14,7 +15,6 @@ from vlbert_d2.data.datasets.vqa import (VQAFormatError, build_answer_vocab, ens
                                          load_vqa)
 from vlbert_d2.data.detections import (DetectionFormatError, encode_detection, parse_detection,
                                        read_detection)
-from vlbert_d2.data.synthetic.coco_tasks import generate_refcoco, generate_vqa
 from vlbert_d2.utils.safe_pickle import UnsafePickleError
 
 from conftest import make_cfg
@@ -346,6 +346,7 @@ def test_training_step_gives_every_parameter_a_gradient(vqa_root, ref_root, task
     DistributedDataParallel training does not stop on an unused parameter."""
     from detectron2.modeling import build_model
 
+    from vlbert_d2.config import finalize_vlbert_config
     from vlbert_d2.data.refcoco_mapper import RefCOCODatasetMapper
     from vlbert_d2.modeling.bert import build_tokenizer
 
@@ -363,7 +364,7 @@ def test_training_step_gives_every_parameter_a_gradient(vqa_root, ref_root, task
         cfg = make_cfg(MODEL__VLBERT__HEAD="RefCOCOHead")
         inputs = [RefCOCODatasetMapper(True, tokenizer=build_tokenizer(cfg), augmentations=[],
                                        image_format="BGR", max_text_len=16)(d)]
-    model = build_model(cfg).train()
+    model = build_model(finalize_vlbert_config(cfg)).train()
     sum(model(inputs).values()).backward()
     assert [n for n, p in model.named_parameters() if p.requires_grad and p.grad is None] == []
     assert model.vl_bert.bert.pooler.dense.weight.grad.abs().sum() == 0

@@ -68,7 +68,7 @@ def run_one(name, device, iters, rois, precomputed=False):
     cfg = add_vlbert_config(get_cfg())
     cfg.merge_from_file(os.path.join(REPO, config))
     cfg.merge_from_list(overrides + ["MODEL.DEVICE", device])
-    cfg.DATASETS.TRAIN = ("vcr_train",)  # only for its 80 object classes (RoI classification)
+    cfg.MODEL.VLBERT.VCR.NUM_OBJECT_CLASSES = 80  # VCR's (RoI classification)
     model = build_model(cfg).train()
     batch = [make_input(rois, (600, 1000), 20)]
     if precomputed:

@@ -12,7 +12,8 @@ import argparse
 import os
 import sys
 
-from vlbert_d2.data.datasets.vqa import ANSWER_MIN_COUNT, build_answer_vocab
+from vlbert_d2.data.datasets.vqa import build_answer_vocab
+from vlbert_d2.text.answer_vocab import ANSWER_MIN_COUNT, write_answer_vocab
 
 
 def main(argv=None):
@@ -28,9 +29,7 @@ def main(argv=None):
     vocab = build_answer_vocab(args.annotations, args.min_count)
     if not vocab:
         raise SystemExit(f"no answer is given {args.min_count} times in {args.annotations}")
-    os.makedirs(os.path.dirname(args.output) or ".", exist_ok=True)
-    with open(args.output, "w", encoding="utf-8") as f:
-        f.write("\n".join(vocab) + "\n")
+    write_answer_vocab(args.output, vocab)
     print(f"wrote {len(vocab)} answers to {args.output}")
 
 

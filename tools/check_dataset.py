@@ -25,9 +25,9 @@ from detectron2.data import DatasetCatalog
 from detectron2.utils.logger import setup_logger
 
 from vlbert_d2 import add_vlbert_config
-from vlbert_d2.data import check_datasets
+from vlbert_d2.config import finalize_vlbert_config
+from vlbert_d2.data import check_datasets, register_generic_from_cfg
 from vlbert_d2.data.validation import MAX_LISTED, check_records, format_bad_records, write_bad_records
-from vlbert_d2.data.vqa_mapper import prepare_answer_vocab
 
 
 def parse_args(argv=None):
@@ -51,6 +51,7 @@ def setup(args):
     cfg = add_vlbert_config(get_cfg())
     cfg.merge_from_file(args.config_file)
     cfg.merge_from_list(args.opts)
+    register_generic_from_cfg(cfg)  # DATASETS.GENERIC: your own JSON-lines datasets, as train_net does
     names = list(args.dataset or list(cfg.DATASETS.TRAIN) + list(cfg.DATASETS.TEST))
     if args.dataset:
         # The datasets a VQA mapper takes its answer vocabulary from: the checked ones, so that
@@ -67,12 +68,14 @@ def main(argv=None):
     if not names:
         print("no dataset to check: give --dataset NAME (or a config with DATASETS.TRAIN/TEST)", file=sys.stderr)
         return 2
-    if cfg.MODEL.VLBERT.HEAD == "VQAHead":
-        try:
-            prepare_answer_vocab(cfg)  # the VQA mapper needs it: built when missing, as training does
-        except Exception as e:
-            print(f"ERROR: no VQA answer vocabulary: {type(e).__name__}: {e}", file=sys.stderr)
-            return 1
+    try:
+        # The config as training completes it (the VQA mapper needs the answer vocabulary:
+        # built when missing, as training does).
+        cfg = finalize_vlbert_config(cfg)
+    except Exception as e:
+        what = "no VQA answer vocabulary" if cfg.MODEL.VLBERT.HEAD == "VQAHead" else "cannot complete the config"
+        print(f"ERROR: {what}: {type(e).__name__}: {e}", file=sys.stderr)
+        return 1
     failed, total, bad_total = [], 0, 0
     for name in names:
         if name not in DatasetCatalog.list():

@@ -48,10 +48,12 @@ def model_shapes(config_file, opts):
     from detectron2.modeling import build_model
 
     from vlbert_d2 import add_vlbert_config
+    from vlbert_d2.config import finalize_vlbert_config
 
     cfg = add_vlbert_config(get_cfg())
     cfg.merge_from_file(config_file)
     cfg.merge_from_list(opts + ["MODEL.DEVICE", "cpu"])
+    finalize_vlbert_config(cfg)  # the sizes the model is built with, as training works them out
     return {k: v.shape for k, v in build_model(cfg).state_dict().items()}
 
 

@@ -40,45 +40,44 @@ larger images are reduced first, as drawing costs about 150 bytes per pixel (a 1
 photo would need over 20 GB); small ones are enlarged to at least --draw-size. Images above
 Pillow's decompression-bomb limit (about 179 megapixels) are refused.
 
+The model runs through ``vlbert_d2.engine.VLBertPredictor`` (the same answers from Python in one
+call: see its docstring); the pictures are drawn by ``vlbert_d2.utils.visualization``.
+
 Errors: a missing, empty, truncated or non-image input, a bad --boxes file, or an output that
 cannot be written stops the run with a message naming the file and exit status 1.
 """
 import argparse
 import contextlib
+import importlib
+import importlib.util
 import json
 import os
 import sys
 
 import numpy as np
-import torch
 
 from detectron2.config import get_cfg
-from detectron2.modeling import build_model
 
 from vlbert_d2 import add_vlbert_config
-from vlbert_d2.checkpoint import CheckpointError, VLBertCheckpointer
-from vlbert_d2.data import build_vlbert_mapper
-from vlbert_d2.data.common import read_image, resize_image_and_boxes, whole_image_box
-from vlbert_d2.data.detections import DetectionFormatError, parse_detection
-from vlbert_d2.utils.visualization import (DEFAULT_MAX_DRAW_SIZE, DEFAULT_MIN_DRAW_SIZE,
-                                           draw_attention_heatmap, draw_attention_lines,
-                                           draw_prediction, resize_for_drawing, save_picture,
-                                           text_to_region_attention)
+from vlbert_d2.checkpoint import CheckpointError
+from vlbert_d2.data.common import read_image
+from vlbert_d2.data.detections import DetectionFormatError, parse_detection, write_detection
+from vlbert_d2.engine import PredictorInputError, VLBertPredictor
+from vlbert_d2.utils.visualization import (DEFAULT_MAX_DRAW_SIZE, DEFAULT_MIN_DRAW_SIZE, draw_answer,
+                                           draw_attention, resize_for_drawing, save_picture)
 
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp")
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-DETECTOR_CONFIG = os.path.join(REPO, "projects", "BottomUpAttention", "configs", "BUA-R101-C4-VG.yaml")
+BOTTOM_UP_PROJECT = os.path.join(REPO, "projects", "BottomUpAttention")
+DETECTOR_CONFIG = os.path.join(BOTTOM_UP_PROJECT, "configs", "BUA-R101-C4-VG.yaml")
 
 
 def setup_cfg(args):
     cfg = add_vlbert_config(get_cfg())
     cfg.merge_from_file(args.config_file)
     cfg.merge_from_list(args.opts)
-    cfg.MODEL.WEIGHTS = args.weights
+    cfg.MODEL.WEIGHTS = args.weights  # (VQA: the answers_vqa.txt beside it, found by the predictor)
     cfg.MODEL.DEVICE = args.device
-    vocab = os.path.join(os.path.dirname(args.weights), "answers_vqa.txt")
-    if cfg.MODEL.VLBERT.HEAD == "VQAHead" and not cfg.MODEL.VLBERT.VQA.ANSWER_VOCAB and os.path.isfile(vocab):
-        cfg.MODEL.VLBERT.VQA.ANSWER_VOCAB = vocab  # the training run's copy: no dataset needed
     cfg.freeze()
     return cfg
 
@@ -163,13 +162,32 @@ def read_boxes(path, width, height):
     return boxes
 
 
+def import_bottom_up_attention():
+    """The ``bua`` package of projects/BottomUpAttention: the installed one, else the checkout's,
+    loaded under the name ``bua`` without adding the project to ``sys.path``."""
+    if "bua" in sys.modules:
+        return sys.modules["bua"]
+    try:
+        return importlib.import_module("bua")
+    except ImportError:
+        pass
+    init = os.path.join(BOTTOM_UP_PROJECT, "bua", "__init__.py")
+    spec = importlib.util.spec_from_file_location("bua", init, submodule_search_locations=[os.path.dirname(init)])
+    module = importlib.util.module_from_spec(spec)
+    sys.modules["bua"] = module
+    try:
+        spec.loader.exec_module(module)
+    except BaseException:
+        del sys.modules["bua"]
+        raise
+    return module
+
+
 def build_detector(args):
-    """The bottom-up-attention detector of projects/BottomUpAttention (None with --boxes)."""
+    """The bottom-up-attention detector of projects/BottomUpAttention (None with --boxes): the
+    predictor calls it on each image (as tools/extract_regions.py runs it)."""
     if args.detector_config is None and args.detector_weights is None:
         return None
-    sys.path.insert(0, os.path.join(REPO, "projects", "BottomUpAttention"))
-    from bua import RegionDetector, setup_detector_cfg
-
     weights = args.detector_weights or ""
     if weights == "none":
         weights = ""  # random weights: tests and trials only
@@ -178,146 +196,78 @@ def build_detector(args):
                          "'none': random weights)")
     elif not os.path.isfile(weights):
         raise SystemExit(f"--detector-weights: file not found: {weights}")
+    config = args.detector_config or DETECTOR_CONFIG
+    if not os.path.isfile(config):
+        raise SystemExit(f"--detector-config: file not found: {config}")
+    bua = import_bottom_up_attention()
     try:
-        cfg = setup_detector_cfg(args.detector_config or DETECTOR_CONFIG, weights, args.detector_opts or "",
-                                 args.device)
-        return RegionDetector(cfg)
+        return bua.RegionDetector(bua.setup_detector_cfg(config, weights, args.detector_opts or "", args.device))
     except (ValueError, KeyError) as e:
         raise SystemExit(f"detector: {e}") from None
 
 
-def detect_boxes(detector, image_bgr, path, args):
-    """(N, 4) float32 boxes the detector finds; also written as <stem>_detections.json."""
-    from bua import detection_record
-    from vlbert_d2.data.detections import write_detection
-
-    regions = detector([image_bgr], image_format="BGR")[0]
-    if len(regions) == 0:
-        raise SystemExit(f"{path}: the detector found no region")
-    h, w = image_bgr.shape[:2]
+def write_detections(prediction, path, width, height, output):
+    """The detector's regions as ``<stem>_detections.json`` (usable as --boxes); its path."""
     stem = os.path.splitext(os.path.basename(path))[0]
-    out = os.path.join(args.output, f"{stem}_detections.json")
+    out = os.path.join(output, f"{stem}_detections.json")
+    record = import_bottom_up_attention().detection_record(stem, width, height, prediction["detections"])
     with writing(out):
-        write_detection(out, detection_record(stem, w, h, regions))  # atomic (tmp + rename)
-    return regions.pred_boxes.tensor.numpy().astype(np.float32), out
+        write_detection(out, record)  # atomic (tmp + rename)
+    return out
 
 
-def vcr_tokens(text, num_objects, what):
-    """A VCR token list from text where "[k]" (or "[k,j]") names region k: "what is [0] doing ?"."""
-    tokens = []
-    for word in text.split():
-        if word.startswith("[") and word.endswith("]"):
-            try:
-                refs = [int(k) for k in word[1:-1].split(",")]
-            except ValueError:
-                raise SystemExit(f"{what}: '{word}' is not a region reference like [0] or [0,2]") from None
-            bad = [k for k in refs if not 0 <= k < num_objects]
-            if bad:
-                raise SystemExit(f"{what}: region {bad[0]} does not exist (there are {num_objects} boxes)")
-            tokens.append(refs)
-        else:
-            tokens.append(word)
-    return tokens
-
-
-def build_input(cfg, mapper, image_bgr, boxes, text, objects=None, choices=None):
-    """The model input for one image: RoI 0 is the whole image, then the given boxes."""
-    h, w = image_bgr.shape[:2]
-    all_boxes = np.concatenate([[whole_image_box(w, h)], boxes]).astype(np.float32)
-    image, rois, _, _ = resize_image_and_boxes(mapper.augmentations, image_bgr, all_boxes)
-    x = {"image": image, "boxes": rois, "height": h, "width": w}
-    if choices is None:
-        x.update(mapper.encode_text(text))
-    else:  # VCR Q->A: one sequence per answer choice
-        context = [vcr_tokens(text, len(boxes), "--question")]
-        x.update(mapper.encode_text(objects, context, [vcr_tokens(c, len(boxes), "--choices") for c in choices]))
-    return x
-
-
-def run_one(model, cfg, mapper, path, boxes_path, text, args, detector=None):
+def run_one(predictor, path, boxes_path, args):
     """Answer for one image and draw the answer and the attention views.
 
     Returns:
         (dict: the answer, list[str]: the files written)
     """
-    image_bgr = read_input_image(path, cfg.INPUT.FORMAT)  # the one full-resolution copy
+    image_bgr = read_input_image(path, "BGR")  # the one full-resolution copy
     h, w = image_bgr.shape[:2]
-    written = []
-    if detector is not None:
-        # No name is kept for the detector's copy: it is freed once the regions are found.
-        boxes, detections = detect_boxes(
-            detector, np.ascontiguousarray(image_bgr[:, :, ::-1] if cfg.INPUT.FORMAT == "RGB" else image_bgr),
-            path, args)
-        written.append(detections)
-    else:
-        boxes = read_boxes(boxes_path, w, h)
-    objects = None
+    boxes = None if predictor.detector is not None else read_boxes(boxes_path, w, h)
+    texts = {"question": args.question, "expression": args.expression, "choices": args.choices}
     if args.choices is not None:
-        objects = args.objects or ["object"] * len(boxes)
-        if len(objects) != len(boxes):
-            raise SystemExit(f"--objects: {len(objects)} names for {len(boxes)} boxes"
-                             + (" (found by the detector)" if detector is not None else ""))
-    x = build_input(cfg, mapper, image_bgr, boxes, text, objects, args.choices)
+        texts["objects"] = args.objects
+    try:
+        prediction = predictor(image_bgr, boxes=boxes, attention=True, top_k=args.top_k,
+                               **{k: v for k, v in texts.items() if v is not None})
+    except PredictorInputError as e:
+        found = " (found by the detector)" if e.argument in ("objects", "question", "choices") and boxes is None else ""
+        raise SystemExit(f"--{e.argument}: {e.message}{found}") from None
+    written = []
+    boxes = prediction["boxes"]
+    if prediction["detections"] is not None:
+        if len(boxes) == 0:
+            raise SystemExit(f"{path}: the detector found no region")
+        written.append(write_detections(prediction, path, w, h, args.output))
     # The pictures are drawn at a capped size (drawing at full resolution took over 20 GB for a
     # 12000 x 12000 photo). A "BGR" image is a reversed view of contiguous RGB, so reversing it
-    # back costs no copy, and the full-resolution image is dropped before the model runs.
-    image_rgb, shown = resize_for_drawing(image_bgr[:, :, ::-1] if cfg.INPUT.FORMAT == "BGR" else image_bgr,
-                                          boxes, args.draw_size, args.max_draw_size)
+    # back costs no copy, and the full-resolution image is dropped before anything is drawn.
+    image_rgb, shown = resize_for_drawing(image_bgr[:, :, ::-1], boxes, args.draw_size, args.max_draw_size)
     del image_bgr
-    with torch.no_grad():
-        outputs, batch = model.encode([x], output_attentions=True)
-        result = model.head(outputs, batch)[0]
     stem = os.path.splitext(os.path.basename(path))[0]
-
-    head = cfg.MODEL.VLBERT.HEAD
-    sequence = 0  # the text sequence whose attention is drawn (VCR: the chosen answer's)
-    if head == "VQAHead":
-        scores = result["scores"].clone()
-        vocab = mapper.answer_vocab
-        scores[[i for i, a in enumerate(vocab) if a == "<unk>"]] = -1
-        top = torch.topk(scores, min(args.top_k, len(vocab)))
-        lines = [f"Q: {text}", f"A: {vocab[int(top.indices[0])]}"] + [
-            f"  {vocab[int(i)]}: {float(s):.2f}" for s, i in zip(top.values, top.indices)]
-        picture = draw_prediction(image_rgb, shown, lines)
-        summary = {"answer": vocab[int(top.indices[0])],
-                   "top_k": [[vocab[int(i)], float(s)] for s, i in zip(top.values, top.indices)]}
-    elif head == "RefCOCOHead":
-        index = result["index"]  # over [whole image, boxes...]
-        region = None if index == 0 else index - 1
-        best = "the whole image" if region is None else f"region {region}"
-        picture = draw_prediction(image_rgb, shown, [f"\"{text}\"", f"-> {best}"], chosen=region,
-                                  scores=result["scores"][1:].tolist())
-        summary = {"index": index, "box": (boxes[region].tolist() if region is not None else [0, 0, w, h])}
-    elif head == "VCRHead":
-        if args.choices is None:
-            raise SystemExit("a VCR model needs --choices (and --question)")
-        scores = result["scores"].tolist()
-        best = int(np.argmax(scores))
-        mentioned = [k for t in vcr_tokens(args.choices[best], len(boxes), "--choices") if isinstance(t, list) for k in t]
-        lines = [f"Q: {text}"] + [f"{'>' if k == best else ' '} {c}: {s:.2f}" for k, (c, s) in enumerate(zip(args.choices, scores))]
-        picture = draw_prediction(image_rgb, shown, lines, chosen=mentioned)
-        summary = {"answer": best, "scores": scores, "objects": mentioned}
-        sequence = best
-    else:
-        raise SystemExit(f"tools/demo.py draws VCRHead, VQAHead and RefCOCOHead models, not {head}")
-    written.append(_save(picture, os.path.join(args.output, f"{stem}_answer.png")))
-
-    text_len = int(x["text_mask"][sequence].sum())
-    tokens = mapper.tokenizer.convert_ids_to_tokens(x["input_ids"][sequence, :text_len].tolist())
-    num_layers = len(outputs.attentions)
+    written.append(_save(draw_answer(image_rgb, shown, prediction), os.path.join(args.output, f"{stem}_answer.png")))
+    num_layers = len(prediction["attention"]["layers"])
     for layer in args.layers or [num_layers - 1]:
-        if not -num_layers <= layer < num_layers:
-            raise SystemExit(f"--layers: the model has {num_layers} layers, got {layer}")
-        weights = text_to_region_attention(outputs.attentions, text_len, len(boxes) + 1, layer, args.heads,
-                                           sequence)
-        # Region 0 (the whole image) has no box to draw a line to: lines go to the given boxes.
-        lines_pic = draw_attention_lines(image_rgb, shown, tokens, weights[:, 1:].mean(-1),
-                                         title=f"layer {layer % num_layers}")
-        written.append(_save(lines_pic, os.path.join(args.output, f"{stem}_attention_L{layer % num_layers}.png")))
-        heat = draw_attention_heatmap(tokens, ["image"] + [f"r{i}" for i in range(len(boxes))], weights,
-                                      title=f"text-to-region attention, layer {layer % num_layers}")
-        written.append(_save(heat, os.path.join(args.output, f"{stem}_heatmap_L{layer % num_layers}.png")))
-    return summary, written
+        try:
+            lines, heat = draw_attention(image_rgb, shown, prediction["attention"], layer, args.heads)
+        except IndexError as e:
+            raise SystemExit(f"--{'layers' if 'layers' in str(e) else 'heads'}: {e}") from None
+        layer %= num_layers
+        written.append(_save(lines, os.path.join(args.output, f"{stem}_attention_L{layer}.png")))
+        written.append(_save(heat, os.path.join(args.output, f"{stem}_heatmap_L{layer}.png")))
+    return summary(prediction), written
+
+
+def summary(prediction):
+    """The JSON line of one image: what the model answered."""
+    task = prediction["task"]
+    if task == "vqa":
+        return {"answer": prediction["answer"], "top_k": [[a, s] for a, s in prediction["top_k"]]}
+    if task == "refcoco":
+        return {"index": prediction["index"], "box": prediction["box"]}
+    return {"answer": prediction["answer"], "scores": prediction["scores"].tolist(),
+            "objects": prediction["mentioned"]}
 
 
 def list_inputs(input_path, boxes, use_detector):
@@ -397,18 +347,16 @@ def main(argv=None):
     prepare_output(args.output)
 
     cfg = setup_cfg(args)
-    model = build_model(cfg)
+    detector = build_detector(args)
     try:  # .pkl through the restricted unpickler, .pth with weights_only=True: nothing runs
-        VLBertCheckpointer(model).load(cfg.MODEL.WEIGHTS)
+        predictor = VLBertPredictor(cfg, detector=detector)
     except CheckpointError as e:
         raise SystemExit(f"--weights: {e}") from None
-    model.eval()
-    mapper = build_vlbert_mapper(cfg, is_train=False)
-    detector = build_detector(args)
-    text_in = args.question if args.question is not None else args.expression
+    if predictor.task == "vcr" and args.choices is None:
+        raise SystemExit("a VCR model needs --choices (and --question)")
     for image, boxes in pairs:
-        summary, written = run_one(model, cfg, mapper, image, boxes, text_in, args, detector)
-        print(json.dumps({"image": image, **summary, "written": written}))
+        summary_, written = run_one(predictor, image, boxes, args)
+        print(json.dumps({"image": image, **summary_, "written": written}))
 
 
 if __name__ == "__main__":

@@ -22,6 +22,7 @@ from detectron2.utils.logger import setup_logger
 
 from vlbert_d2 import add_vlbert_config
 from vlbert_d2.checkpoint import VLBertCheckpointer
+from vlbert_d2.config import finalize_vlbert_config
 from vlbert_d2.data import build_vlbert_mapper, check_datasets
 from vlbert_d2.feature_extraction import extract_region_features
 
@@ -44,8 +45,9 @@ def main(argv=None):
     cfg.merge_from_file(args.config_file)
     cfg.merge_from_list(args.opts)
     cfg.MODEL.VLBERT.FEATURE_CACHE = ""  # extraction reads images
-    cfg.freeze()
     check_datasets(args.datasets)
+    finalize_vlbert_config(cfg)  # the sizes the model is built with, as training works them out
+    cfg.freeze()
     model = build_model(cfg)
     if cfg.MODEL.WEIGHTS:
         VLBertCheckpointer(model).load(cfg.MODEL.WEIGHTS)  # never runs code from the file

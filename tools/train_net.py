@@ -19,8 +19,8 @@ from detectron2.evaluation import verify_results
 
 from vlbert_d2 import add_vlbert_config
 from vlbert_d2.checkpoint import VLBertCheckpointer
-from vlbert_d2.data import check_datasets
-from vlbert_d2.data.vqa_mapper import prepare_answer_vocab
+from vlbert_d2.config import finalize_vlbert_config
+from vlbert_d2.data import check_datasets, register_generic_from_cfg
 from vlbert_d2.engine import VLBertTrainer as Trainer
 from vlbert_d2.engine import launch, wants_cpu
 
@@ -30,6 +30,12 @@ def setup(args):
     add_vlbert_config(cfg)
     cfg.merge_from_file(args.config_file)
     cfg.merge_from_list(args.opts)
+    register_generic_from_cfg(cfg)  # DATASETS.GENERIC: your own JSON-lines datasets
+    # Before anything is built: a missing dataset should say so, not fail later on the way.
+    check_datasets(cfg.DATASETS.TEST if args.eval_only else cfg.DATASETS.TRAIN + cfg.DATASETS.TEST)
+    # The sizes worked out from the datasets, filled before the config is frozen (VQA: the answer
+    # vocabulary, built once when missing and kept with the run; VCR: the object classes).
+    finalize_vlbert_config(cfg, None if args.eval_only else cfg.OUTPUT_DIR)
     cfg.freeze()
     default_setup(cfg, args)
     return cfg
@@ -37,10 +43,6 @@ def setup(args):
 
 def main(args):
     cfg = setup(args)
-    # Before building the model: a missing dataset should say so, not fail later on the way.
-    check_datasets(cfg.DATASETS.TEST if args.eval_only else cfg.DATASETS.TRAIN + cfg.DATASETS.TEST)
-    # VQA: the answer vocabulary (built once when missing) sizes the head; kept with the run.
-    prepare_answer_vocab(cfg, None if args.eval_only else cfg.OUTPUT_DIR)
     if args.eval_only:
         if not cfg.MODEL.WEIGHTS and not args.resume:
             raise SystemExit("--eval-only needs the weights to evaluate: add MODEL.WEIGHTS "

@@ -1,8 +1,16 @@
-"""Config keys of vlbert_d2, added to detectron2's defaults by :func:`add_vlbert_config`.
+"""Config keys of vlbert_d2, added to detectron2's defaults by :func:`add_vlbert_config`, and
+:func:`finalize_vlbert_config`, which fills the sizes worked out from the datasets once, before
+the config is frozen (as detectron2's ``MODEL.ROI_HEADS.NUM_CLASSES``).
 
 Symbols in the comments refer to the VL-BERT paper (Su et al., ICLR 2020).
 """
 from detectron2.config import CfgNode as CN
+from detectron2.data import MetadataCatalog
+
+from .text.answer_vocab import prepare_answer_vocab
+
+# Answer (and rationale) choices of a VCR question.
+VCR_NUM_CHOICES = 4
 
 
 def add_vlbert_config(cfg):
@@ -90,15 +98,25 @@ def add_vlbert_config(cfg):
     # Dropout between that transform and the RoI classifier (official CNN_REG_DROPOUT: 0.0, the
     # default of vcr/function/config.py, which no official config changes).
     _C.MODEL.VLBERT.VCR.CNN_REG_DROPOUT = 0.0
+    # Object classes of that RoI classifier, background not counted (VCR: the 80 COCO classes,
+    # official 81 rows; 0: no RoI classifier). -1: the most "thing_classes" among the datasets of
+    # DATASETS.TRAIN, filled by finalize_vlbert_config.
+    _C.MODEL.VLBERT.VCR.NUM_OBJECT_CLASSES = -1
+    # Answer (and rationale) choices per question, which the evaluator and the leaderboard CSV
+    # group the scores by (VCR: 4; the VCR reader requires 4).
+    _C.MODEL.VLBERT.VCR.NUM_CHOICES = VCR_NUM_CHOICES
 
     # --- VQA head (paper section 4.2.2) ---
     _C.MODEL.VLBERT.VQA = CN()
     # Dropout between the MLM-style transform of the [MASK] output and the answer classifier.
     _C.MODEL.VLBERT.VQA.CLASSIFIER_DROPOUT = 0.1
     # The answer vocabulary file (one answer per line = one classifier row). Empty: the one of
-    # the datasets (<coco>/vqa/answers_vqa.txt). Training copies it to OUTPUT_DIR, so that a
-    # trained model can be used without its dataset (e.g. by the demo).
+    # the datasets (<coco>/vqa/answers_vqa.txt), which finalize_vlbert_config writes here.
+    # Training copies it to OUTPUT_DIR/answers_vqa.txt and names that copy here (and so in the
+    # run's config.yaml), so that a trained model can be used without its dataset (e.g. by the demo).
     _C.MODEL.VLBERT.VQA.ANSWER_VOCAB = ""
+    # Answers of that vocabulary (rows of the classifier). 0: filled by finalize_vlbert_config.
+    _C.MODEL.VLBERT.VQA.NUM_ANSWERS = 0
 
     # --- Referring expressions head (RefCOCO+, paper section 4.2.3) ---
     _C.MODEL.VLBERT.REFCOCO = CN()
@@ -179,4 +197,66 @@ def add_vlbert_config(cfg):
     # once. Empty: $VLBERT_D2_CACHE/record_checks, else $XDG_CACHE_HOME/vlbert_d2/record_checks
     # (default ~/.cache/vlbert_d2/record_checks).
     _C.DATALOADER.CHECK_CACHE_DIR = ""
+
+    # --- Your own datasets (generic format) ---
+    # JSON-lines files (one record per line: image, text and an answer, choices + label, or a
+    # box; docs/custom_datasets.md) that tools/train_net.py registers before the datasets are
+    # used, so that DATASETS.TRAIN / DATASETS.TEST can name them. Each entry is
+    # "name=path/to/file.jsonl", optionally followed by ",key=value" options: images=<folder>
+    # (root of the relative "image" paths; default: the file's folder), detections=<folder>
+    # (bottom-up-attention detection files <image path without extension>.json, for records
+    # without "boxes"), kind=answer|choice|box (default: that of the first record),
+    # add_target_box=true (box records: the target box is a candidate region too).
+    _C.DATASETS.GENERIC = []
+    # Answer records: unless MODEL.VLBERT.VQA.ANSWER_VOCAB names a file, the answer vocabulary is
+    # every answer of at least this many records of the generic datasets of DATASETS.TRAIN.
+    _C.DATASETS.GENERIC_ANSWER_MIN_COUNT = 1
+    return cfg
+
+
+def finalize_vlbert_config(cfg, output_dir=None):
+    """Fill the config keys that are worked out from the datasets, once, before the config is
+    frozen, so that the model, mappers and evaluators read sizes from the config instead of
+    from the datasets. ``tools/train_net.py``, :class:`vlbert_d2.engine.VLBertTrainer` and the
+    tools call it; a key already filled is kept.
+
+    * ``MODEL.VLBERT.VCR.NUM_OBJECT_CLASSES`` when -1: the most ``thing_classes`` among the
+      (registered) datasets of ``DATASETS.TRAIN`` (0 when none has any);
+    * with ``MODEL.VLBERT.HEAD`` "VQAHead": ``MODEL.VLBERT.VQA.ANSWER_VOCAB``, the answer
+      vocabulary file (the datasets' when empty; built, when missing, by the main process), and
+      ``MODEL.VLBERT.VQA.NUM_ANSWERS``, its length
+      (:func:`vlbert_d2.text.answer_vocab.prepare_answer_vocab`). With ``output_dir`` (training),
+      the vocabulary is copied there as ``answers_vqa.txt`` and the copy is the one named.
+
+    In several processes every process calls it (the main one builds and copies, the others
+    wait).
+
+    Args:
+        cfg (CfgNode): the config; filled in place unless frozen.
+        output_dir (str or None): the training run's folder, for its copy of the vocabulary.
+
+    Returns:
+        CfgNode: ``cfg``, or for a frozen ``cfg`` with keys to fill, a filled and frozen copy.
+    """
+    v = cfg.MODEL.VLBERT
+    fill_classes = v.VCR.NUM_OBJECT_CLASSES < 0
+    fill_answers = v.HEAD == "VQAHead" and (v.VQA.NUM_ANSWERS <= 0 or not v.VQA.ANSWER_VOCAB or output_dir)
+    if not (fill_classes or fill_answers):
+        return cfg
+    frozen = cfg.is_frozen()
+    if frozen:
+        cfg = cfg.clone()
+        cfg.defrost()
+        v = cfg.MODEL.VLBERT
+    if fill_classes:
+        v.VCR.NUM_OBJECT_CLASSES = max(
+            [len(MetadataCatalog.get(name).get("thing_classes", [])) for name in cfg.DATASETS.TRAIN], default=0)
+    if fill_answers:
+        path, vocab = prepare_answer_vocab(cfg, output_dir)
+        if 0 < v.VQA.NUM_ANSWERS != len(vocab):
+            raise ValueError(f"MODEL.VLBERT.VQA.NUM_ANSWERS is {v.VQA.NUM_ANSWERS} but the answer "
+                             f"vocabulary {path} has {len(vocab)} answers (0 fills it)")
+        v.VQA.ANSWER_VOCAB, v.VQA.NUM_ANSWERS = path, len(vocab)
+    if frozen:
+        cfg.freeze()
     return cfg

@@ -1,4 +1,4 @@
-"""Data: dataset registrations, mappers and the synthetic data generator.
+"""Data: dataset registrations and mappers.
 
 Datasets are registered here, explicitly, from the table below; the root is
 ``$DETECTRON2_DATASETS`` (default ``./datasets``), as in detectron2.
@@ -9,12 +9,17 @@ from detectron2.data import DatasetCatalog
 
 from .build import MixedBatchLoader, build_vlbert_train_loader
 from .datasets import register_refcoco, register_vcr, register_vqa
+from .datasets.generic import register_generic_dataset, register_generic_from_cfg  # your own data
 from .datasets.pretrain import register_conceptual_captions, register_text_corpus
 from .pretrain_mapper import PretrainDatasetMapper
 from .refcoco_mapper import RefCOCODatasetMapper
-from .synthetic import SHAPES as SYNTHETIC_CLASSES
 from .vcr_mapper import VCRDatasetMapper
 from .vqa_mapper import VQADatasetMapper
+
+# The object classes of the synthetic scenes (projects/SyntheticVL writes the datasets; its
+# synthetic_vl.SHAPES): data here, so that the library does not import the project.
+# tests/test_synthetic.py checks that the two agree.
+SYNTHETIC_CLASSES = ("ball", "box", "kite")
 
 # (name, directory under the datasets root, split, object classes or None for VCR's)
 _VCR_DATASETS = [
@@ -54,8 +59,8 @@ _REFCOCO_DATASETS = [
 ]
 
 # Pre-training: Conceptual Captions (name, folder, JSON-lines file) in the official layout, and
-# text corpora (name, folder, files). The synthetic ones: `python -m vlbert_d2.data.synthetic
-# --format captions` (README).
+# text corpora (name, folder, files). The synthetic ones: `python -m synthetic_vl
+# --format captions` (projects/SyntheticVL).
 _CAPTION_DATASETS = [
     ("conceptual_captions_train", "conceptual-captions", "train_frcnn.json"),
     ("conceptual_captions_val", "conceptual-captions", "val_frcnn.json"),
@@ -135,3 +140,5 @@ register_all()
 
 __all__ = ["VCRDatasetMapper", "VQADatasetMapper", "RefCOCODatasetMapper", "PretrainDatasetMapper",
            "MixedBatchLoader", "build_vlbert_train_loader", "check_datasets", "build_vlbert_mapper", "register_all", "datasets_root", "SYNTHETIC_CLASSES"]
+# Your own datasets in the generic JSON-lines format (docs/custom_datasets.md).
+__all__ += ["register_generic_dataset", "register_generic_from_cfg"]

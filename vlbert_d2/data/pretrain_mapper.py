@@ -26,7 +26,7 @@ import torch
 
 from detectron2.config import configurable
 
-from ..modeling.bert import build_tokenizer
+from ..text.tokenizer import build_tokenizer
 from .common import (WHOLE_IMAGE, build_resize_flip, pack_rows, read_detected_image, resize_boxes_only,
                      swap_left_right, whole_image_box)
 from .datasets.pretrain import read_corpus_sample

@@ -13,7 +13,7 @@ import torch
 
 from detectron2.config import configurable
 
-from ..modeling.bert import build_tokenizer
+from ..text.tokenizer import build_tokenizer
 from ..utils.boxes import inclusive_iou
 from .common import (WHOLE_IMAGE, build_resize_flip, pack_rows, read_image, resize_image_and_boxes,
                      swap_left_right, whole_image_box)

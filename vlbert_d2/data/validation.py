@@ -399,12 +399,16 @@ def check_records(cfg, dataset_name, dicts, progress=True, is_train=False):
         known = cache.get_many(set(keys))
         results = [known.get(k) for k in keys]
         todo = [i for i, r in enumerate(results) if r is None]
+        rank, world = comm.get_rank(), comm.get_world_size()
+        if world > 1:
+            # The processes read the cache at slightly different moments (while others write
+            # it): share out the union of what any of them still has to check.
+            todo = sorted(set().union(*comm.all_gather(todo)))
         report.cache_hits = len(dicts) - len(todo)
         if todo:
             logger.info("Checking %d records of '%s' (%d known from the cache %s) in %d processes",
                         len(todo), dataset_name, report.cache_hits, cache_dir(cfg),
                         max(1, min(cfg.DATALOADER.NUM_WORKERS, len(todo))))
-        rank, world = comm.get_rank(), comm.get_world_size()
         mine, pending, failure = todo[rank::world], [], None
         try:
             for position, result in _map_records(cfg, is_train, [dicts[i] for i in mine],

@@ -15,7 +15,7 @@ import torch
 from detectron2.config import configurable
 from detectron2.structures import PolygonMasks
 
-from ..modeling.bert import build_tokenizer
+from ..text.tokenizer import build_tokenizer
 from .common import WHOLE_IMAGE, build_resize_flip, pack_rows, read_image, resize_image_and_boxes, whole_image_box
 from .datasets.vcr import load_vcr_metadata
 from .feature_cache import FeatureCache

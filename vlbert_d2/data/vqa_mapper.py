@@ -7,43 +7,22 @@ the (resized) image's pixels as the official loader does. The answer head reads 
 """
 import copy
 import logging
-import os
 
 import numpy as np
 import torch
 
 from detectron2.config import configurable
 
-from ..evaluation.vqa_eval import normalize_answer
-from ..modeling.bert import build_tokenizer
+# The answer vocabulary's owner (vocab_for_cfg used to live here, and is still importable here).
+from ..text.answer_vocab import AnswerVocab, vocab_for_cfg
+from ..text.answer_vocab import prepare_answer_vocab as _prepare_answer_vocab
+from ..text.tokenizer import build_tokenizer
+from ..text.vqa_answers import normalize_answer
 from .common import (WHOLE_IMAGE, build_resize_flip, pack_rows, read_detected_image, resize_boxes_only,
                      swap_left_right, whole_image_box)
-from .datasets.vqa import answer_rows, answer_vocab_of, load_answer_vocab
 from .detections import read_detection
 
 logger = logging.getLogger(__name__)
-
-
-def vocab_for_cfg(cfg, build=False):
-    """The answer vocabulary: ``MODEL.VLBERT.VQA.ANSWER_VOCAB`` when set, else that of the
-    config's datasets (training first), which must all agree.
-
-    Args:
-        build (bool): build a dataset's missing vocabulary (main process only).
-    """
-    if cfg.MODEL.VLBERT.VQA.ANSWER_VOCAB:
-        return load_answer_vocab(cfg.MODEL.VLBERT.VQA.ANSWER_VOCAB)
-    names = list(cfg.DATASETS.TRAIN) + list(cfg.DATASETS.TEST)
-    if not names:
-        raise ValueError("VQA needs MODEL.VLBERT.VQA.ANSWER_VOCAB or a dataset in DATASETS.TRAIN/TEST "
-                         "for its answer vocabulary")
-    vocab = answer_vocab_of(names[0], build)
-    for name in names[1:]:
-        other = answer_vocab_of(name, build)
-        if other != vocab:
-            raise ValueError(f"datasets '{names[0]}' and '{name}' use different answer vocabularies "
-                             "(set MODEL.VLBERT.VQA.ANSWER_VOCAB)")
-    return vocab
 
 
 class VQADatasetMapper:
@@ -70,7 +49,7 @@ class VQADatasetMapper:
         self.image_format = image_format
         self.max_text_len = max_text_len
         self.answer_vocab = list(answer_vocab)
-        self.answer_index = answer_rows(self.answer_vocab)
+        self.answer_index = AnswerVocab(self.answer_vocab).rows
         self.detection_features = detection_features
 
     @classmethod
@@ -148,21 +127,9 @@ class VQADatasetMapper:
 
 
 def prepare_answer_vocab(cfg, output_dir=None):
-    """Before a VQA model is built: build the datasets' missing vocabulary (main process only,
-    the others wait) and copy it to ``output_dir`` as ``answers_vqa.txt``, so that the trained
-    model can be used without its dataset (``MODEL.VLBERT.VQA.ANSWER_VOCAB``)."""
-    from detectron2.utils import comm
-
+    """The VQA answer vocabulary, built when missing and copied to ``output_dir`` (None when
+    the head is not "VQAHead"). Kept for older callers: :func:`vlbert_d2.config.finalize_vlbert_config`
+    does this and fills the config (``MODEL.VLBERT.VQA.ANSWER_VOCAB`` / ``NUM_ANSWERS``)."""
     if cfg.MODEL.VLBERT.HEAD != "VQAHead":
         return None
-    if comm.is_main_process():
-        vocab = vocab_for_cfg(cfg, build=True)
-        if output_dir:
-            os.makedirs(output_dir, exist_ok=True)
-            path = os.path.join(output_dir, "answers_vqa.txt")
-            with open(path + ".tmp", "w", encoding="utf-8") as f:
-                f.write("\n".join(vocab) + "\n")
-            os.replace(path + ".tmp", path)
-            logger.info("VQA answer vocabulary (%d answers) copied to %s", len(vocab), path)
-    comm.synchronize()
-    return vocab_for_cfg(cfg)
+    return _prepare_answer_vocab(cfg, output_dir)[1]

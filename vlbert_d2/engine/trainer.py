@@ -25,6 +25,7 @@ from detectron2.utils import comm
 from detectron2.utils.logger import setup_logger
 
 from ..checkpoint import VLBertCheckpointer
+from ..config import finalize_vlbert_config
 from ..data import build_vlbert_mapper, build_vlbert_train_loader
 from ..data.build import training_seed
 from ..data.test_loader import build_vlbert_test_loader
@@ -72,6 +73,8 @@ class VLBertTrainer(DefaultTrainer):
         TrainerBase.__init__(self)
         if not logging.getLogger("detectron2").isEnabledFor(logging.INFO):
             setup_logger()
+        # The sizes worked out from the datasets (tools/train_net.py has filled them already).
+        cfg = finalize_vlbert_config(cfg)
         cfg = DefaultTrainer.auto_scale_workers(cfg, comm.get_world_size())
         if cfg.DATALOADER.SAMPLER_TRAIN != "TrainingSampler" or cfg.DATALOADER.REPEAT_THRESHOLD:
             # The resumable loader plans its own order; say so rather than ignore the keys.
@@ -125,6 +128,11 @@ class VLBertTrainer(DefaultTrainer):
         except FloatingPointError as e:
             raise FloatingPointError(f"{e}\nRecords of this batch: "
                                      f"{self.train_loader.describe_last_batch()}") from None
+
+    @classmethod
+    def build_model(cls, cfg):
+        """The model of the config, its sizes filled first (:func:`~vlbert_d2.config.finalize_vlbert_config`)."""
+        return super().build_model(finalize_vlbert_config(cfg))
 
     @classmethod
     def build_train_loader(cls, cfg):

@@ -1,6 +1,7 @@
 """Evaluators, chosen by the ``evaluator_type`` of a dataset's metadata."""
 from detectron2.data import MetadataCatalog
 
+from ..text.answer_vocab import vocab_for_cfg
 from .pretrain_evaluation import PretrainEvaluator, pretrain_metrics
 from .refcoco_evaluation import RefCOCOEvaluator
 from .vqa_eval import normalize_answer, soft_scores, vqa_accuracy, vqa_metrics
@@ -13,10 +14,9 @@ def build_vlbert_evaluator(cfg, dataset_name, output_dir=None):
     """The evaluator for ``dataset_name`` according to its metadata's ``evaluator_type``."""
     evaluator_type = MetadataCatalog.get(dataset_name).get("evaluator_type", None)
     if evaluator_type == "vcr":
-        return VCREvaluator(dataset_name, cfg.MODEL.VLBERT.VCR.TASK, output_dir)
+        return VCREvaluator(dataset_name, cfg.MODEL.VLBERT.VCR.TASK, output_dir,
+                            num_choices=cfg.MODEL.VLBERT.VCR.NUM_CHOICES)
     if evaluator_type == "vqa":
-        from ..data.vqa_mapper import vocab_for_cfg
-
         return VQAEvaluator(dataset_name, vocab_for_cfg(cfg), output_dir)
     if evaluator_type == "refcoco":
         return RefCOCOEvaluator(dataset_name, output_dir)

@@ -8,6 +8,7 @@ from detectron2.data import DatasetCatalog
 from detectron2.evaluation import DatasetEvaluator
 from detectron2.utils.file_io import PathManager
 
+from ..text.answer_vocab import AnswerVocab
 from ..utils.records import skipped_records
 from .common import gather_on_main
 from .vqa_eval import vqa_metrics
@@ -36,9 +37,8 @@ class VQAEvaluator(DatasetEvaluator):
 
     def __init__(self, dataset_name, answer_vocab, output_dir=None, distributed=True):
         self._dataset_name = dataset_name
-        self._vocab = list(answer_vocab)
         # <unk> (the official vocabulary has it) is never a prediction.
-        self._unknown = [i for i, a in enumerate(self._vocab) if a == "<unk>"]
+        self._vocab = AnswerVocab(answer_vocab)
         self._output_dir = output_dir
         self._distributed = distributed
         self._predictions = {}
@@ -48,9 +48,7 @@ class VQAEvaluator(DatasetEvaluator):
 
     def process(self, inputs, outputs):
         for x, out in zip(inputs, outputs):
-            scores = out["scores"].clone()
-            scores[self._unknown] = float("-inf")
-            self._predictions[int(x["question_id"])] = self._vocab[int(scores.argmax())]
+            self._predictions[int(x["question_id"])] = self._vocab.predict(out["scores"])
 
     def evaluate(self):
         pairs = gather_on_main(self._predictions.items(), self._distributed)

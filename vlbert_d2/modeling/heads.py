@@ -12,6 +12,9 @@ from torch import nn
 from detectron2.config import configurable
 from detectron2.utils.registry import Registry
 
+from ..text.tokenizer import build_tokenizer
+from .bert import load_pretrained_tensors
+
 logger = logging.getLogger(__name__)
 
 VLBERT_HEAD_REGISTRY = Registry("VLBERT_HEAD")
@@ -53,7 +56,8 @@ class VCRHead(nn.Module):
             dropout (float): dropout before the classifier.
             loss (str): "bce" (sigmoid BCE per choice, official) or "ce" (softmax over choices).
             num_object_classes (int): object classes of the RoI classifier, background not
-                counted (0: no RoI classification). VCR: the 80 COCO classes (official: 81 rows).
+                counted (0: no RoI classification; ``MODEL.VLBERT.VCR.NUM_OBJECT_CLASSES``). VCR:
+                the 80 COCO classes (official: 81 rows).
             roi_cls_loss_weight (float): weight of that loss (0: none).
             roi_cls_dropout (float): dropout between the RoI transform and the RoI classifier
                 (official ``CNN_REG_DROPOUT``, 0 in every official config).
@@ -62,6 +66,10 @@ class VCRHead(nn.Module):
         super().__init__()
         if loss not in ("bce", "ce"):
             raise ValueError(f"MODEL.VLBERT.VCR.LOSS must be 'bce' or 'ce', got {loss!r}")
+        if num_object_classes < 0 and roi_cls_loss_weight > 0:
+            raise ValueError("MODEL.VLBERT.VCR.NUM_OBJECT_CLASSES is -1 (not filled): call "
+                             "vlbert_d2.config.finalize_vlbert_config(cfg) before the config is frozen "
+                             "(it counts the classes of DATASETS.TRAIN), or set it (VCR: 80)")
         self.loss = loss
         self.classifier = nn.Sequential(nn.Dropout(dropout), nn.Linear(hidden_size, 1))
         _init_linears(self.classifier)
@@ -80,14 +88,9 @@ class VCRHead(nn.Module):
 
     @classmethod
     def from_config(cls, cfg, hidden_size):
-        from detectron2.data import MetadataCatalog
-
-        classes = 0
-        for name in cfg.DATASETS.TRAIN:
-            classes = max(classes, len(MetadataCatalog.get(name).get("thing_classes", [])))
         v = cfg.MODEL.VLBERT.VCR
         return {"hidden_size": hidden_size, "dropout": v.CLASSIFIER_DROPOUT, "loss": v.LOSS,
-                "num_object_classes": classes, "roi_cls_loss_weight": v.ROI_CLS_LOSS_WEIGHT,
+                "num_object_classes": v.NUM_OBJECT_CLASSES, "roi_cls_loss_weight": v.ROI_CLS_LOSS_WEIGHT,
                 "roi_cls_dropout": v.CNN_REG_DROPOUT}
 
     def forward(self, outputs, batch):
@@ -176,18 +179,18 @@ class VQAHead(nn.Module):
 
     @classmethod
     def from_config(cls, cfg, hidden_size):
-        from ..data.vqa_mapper import vocab_for_cfg
-
-        return {"hidden_size": hidden_size, "num_answers": len(vocab_for_cfg(cfg)),
-                "dropout": cfg.MODEL.VLBERT.VQA.CLASSIFIER_DROPOUT,
+        v = cfg.MODEL.VLBERT.VQA
+        if v.NUM_ANSWERS <= 0:
+            raise ValueError("MODEL.VLBERT.VQA.NUM_ANSWERS is 0 (not filled): call "
+                             "vlbert_d2.config.finalize_vlbert_config(cfg) before freezing the config "
+                             "(it reads the answer vocabulary, MODEL.VLBERT.VQA.ANSWER_VOCAB or the datasets')")
+        return {"hidden_size": hidden_size, "num_answers": v.NUM_ANSWERS, "dropout": v.CLASSIFIER_DROPOUT,
                 "bert_name": cfg.MODEL.VLBERT.BERT_NAME}
 
     def _init_transform_from_mlm(self, bert_name):
         """As the official VQA model: the transform starts from BERT's MLM-head transform
         (``cls.predictions.transform``), whether ``bert_name`` is a hub name, a cached one or a
         local directory. A BERT without an MLM head leaves it random, with a warning."""
-        from .bert import load_pretrained_tensors
-
         if not bert_name:
             logger.info("VQA head: no BERT checkpoint (MODEL.VLBERT.BERT_NAME empty); the transform "
                         "starts from random weights")
@@ -326,8 +329,6 @@ class PretrainHead(nn.Module):
 
     @classmethod
     def from_config(cls, cfg, hidden_size):
-        from .bert import build_tokenizer
-
         p = cfg.MODEL.VLBERT.PRETRAIN
         return {"hidden_size": hidden_size, "vocab_size": len(build_tokenizer(cfg)),
                 "num_region_classes": p.NUM_REGION_CLASSES, "with_mlm": p.WITH_MLM,
@@ -338,8 +339,6 @@ class PretrainHead(nn.Module):
         """As the official pre-training model: the MLM transform and bias start from BERT's
         ``cls.predictions``, whether ``bert_name`` is a hub name, a cached one or a local
         directory. A BERT without an MLM head leaves them random, with a warning."""
-        from .bert import load_pretrained_tensors
-
         mlm = load_pretrained_tensors(bert_name, "cls.predictions.")
         mapping = {"transform.dense.weight": "0.weight", "transform.dense.bias": "0.bias",
                    "transform.LayerNorm.weight": "2.weight", "transform.LayerNorm.bias": "2.bias"}

@@ -11,7 +11,9 @@ from detectron2.config import configurable
 from detectron2.modeling import META_ARCH_REGISTRY
 from detectron2.structures import Boxes, ImageList
 
-from .bert import build_bert, build_tokenizer
+from ..checkpoint.detector import load_detector_weights
+from ..text.tokenizer import build_tokenizer
+from .bert import build_bert
 from .heads import build_vlbert_head
 from .visual import RegionFeatureExtractor, VisualFusion
 from .vl_bert import VisualLinguisticBert
@@ -91,8 +93,6 @@ class VLBERT(nn.Module):
     def from_config(cls, cfg):
         region_extractor = RegionFeatureExtractor(cfg)
         if cfg.MODEL.VLBERT.DETECTOR_WEIGHTS:
-            from ..checkpoint.detector import load_detector_weights
-
             load_detector_weights(region_extractor, cfg.MODEL.VLBERT.DETECTOR_WEIGHTS)
         elif not cfg.MODEL.WEIGHTS and cfg.MODEL.RESNETS.NORM == "FrozenBN":
             logging.getLogger(__name__).warning(

@@ -1,5 +1,6 @@
 """Pictures of what the model answered and where it looked, drawn with detectron2's Visualizer
-(and matplotlib for the attention heatmaps).
+(and matplotlib for the attention heatmaps): :func:`draw_answer` and :func:`draw_attention` draw
+a :class:`~vlbert_d2.engine.VLBertPredictor` result (``tools/demo.py``).
 
 Drawing renders through matplotlib at the picture's own size and costs about 150 bytes per
 pixel (a 12000 x 12000 photo: over 20 GB), so pictures are brought to a bounded size with
@@ -89,27 +90,87 @@ def draw_prediction(image_rgb, boxes, lines, chosen=None, scores=None):
     return vis.get_output().get_image()
 
 
-def text_to_region_attention(attentions, text_len, num_regions, layer, heads=None, sequence=0):
-    """Attention of every text token to every region in one layer.
+def draw_answer(image_rgb, boxes, prediction):
+    """The picture of a :class:`~vlbert_d2.engine.VLBertPredictor` answer: the regions and the
+    text, with what the answer points at highlighted.
+
+    * VQA: the question, the answer and the top-k answers with their scores;
+    * RefCOCO+: the expression, the referred region highlighted, every region's score;
+    * VCR: the question and the choices with their scores, the chosen one marked and the
+      regions it mentions highlighted.
 
     Args:
-        attentions (tuple[Tensor]): per layer (1, A, T, T), the sequence laid out as
-            ``[text (L slots) | RoIs | END]`` (see :class:`VLBertOutput`).
-        text_len (int): real text tokens (a prefix of the L slots).
-        num_regions (int): RoIs (the whole image first).
-        layer (int): which layer.
-        heads (list[int] or None): heads to average (None: all).
-        sequence (int): which text sequence of the batch (VCR: one per answer choice).
+        image_rgb (ndarray): (H, W, 3) uint8 RGB, at its drawing size (see
+            :func:`resize_for_drawing`).
+        boxes (ndarray): (N, 4) the prediction's ``boxes`` in the drawn picture's pixels.
+        prediction (dict): what the predictor returned (its ``task`` and that task's keys).
 
     Returns:
-        ndarray (text_len, num_regions, A') for the chosen heads.
+        ndarray (H, W, 3) uint8 RGB.
     """
-    att = attentions[layer][sequence]  # (A, T, T)
+    task = prediction["task"]
+    if task == "vqa":
+        lines = [f"Q: {prediction['question']}", f"A: {prediction['answer']}"] + [
+            f"  {a}: {s:.2f}" for a, s in prediction["top_k"]]
+        return draw_prediction(image_rgb, boxes, lines)
+    if task == "refcoco":
+        region = prediction["region"]
+        best = "the whole image" if region is None else f"region {region}"
+        return draw_prediction(image_rgb, boxes, [f"\"{prediction['expression']}\"", f"-> {best}"],
+                               chosen=region, scores=prediction["scores"][1:].tolist())
+    if task == "vcr":
+        best = prediction["answer"]
+        lines = [f"Q: {prediction['question']}"] + [
+            f"{'>' if k == best else ' '} {_text(c)}: {float(s):.2f}"
+            for k, (c, s) in enumerate(zip(prediction["choices"], prediction["scores"]))]
+        return draw_prediction(image_rgb, boxes, lines, chosen=prediction["mentioned"])
+    raise ValueError(f"no drawing for task {task!r}")
+
+
+def _text(tokens):
+    """A VCR text as written (a string, or a token list of words and region-index lists)."""
+    if isinstance(tokens, str):
+        return tokens
+    return " ".join(t if isinstance(t, str) else "[" + ",".join(str(k) for k in t) + "]" for t in tokens)
+
+
+def draw_attention(image_rgb, boxes, attention, layer, heads=None):
+    """The two attention views of one layer of a predictor's ``attention`` output: lines from
+    the words to the regions (the paper's Figure 3; the heads averaged) and one text-to-region
+    heatmap per head.
+
+    Args:
+        image_rgb (ndarray): (H, W, 3) uint8 RGB, at its drawing size.
+        boxes (ndarray): (N, 4) the regions in the drawn picture's pixels (the whole image
+            excluded).
+        attention (dict): ``prediction["attention"]`` (``tokens``, ``text_to_region``).
+        layer (int): the layer (negative: from the last).
+        heads (list[int] or None): the heads shown (None: all).
+
+    Returns:
+        (ndarray lines picture, ndarray heatmap picture), uint8 RGB.
+
+    Raises:
+        IndexError: no such layer or head.
+    """
+    weights = attention["text_to_region"]  # (layers, text_len, N + 1, A)
+    num_layers, num_heads = weights.shape[0], weights.shape[-1]
+    if not -num_layers <= layer < num_layers:
+        raise IndexError(f"the model has {num_layers} layers, got {layer}")
+    bad = [k for k in heads or () if not -num_heads <= k < num_heads]
+    if bad:
+        raise IndexError(f"the model has {num_heads} heads, got {bad[0]}")
+    layer %= num_layers
+    weights = weights[layer]
     if heads is not None:
-        att = att[list(heads)]
-    slots = att.shape[-1] - num_regions - 1  # L (padded text slots)
-    out = att[:, :text_len, slots:slots + num_regions]
-    return out.permute(1, 2, 0).float().cpu().numpy()
+        weights = weights[:, :, list(heads)]
+    weights = np.asarray(weights, dtype=np.float32)
+    tokens = attention["tokens"]
+    # Region 0 (the whole image) has no box to draw a line to: lines go to the given boxes.
+    lines = draw_attention_lines(image_rgb, boxes, tokens, weights[:, 1:].mean(-1), title=f"layer {layer}")
+    heat = draw_attention_heatmap(tokens, ["image"] + [f"r{i}" for i in range(weights.shape[1] - 1)], weights,
+                                  title=f"text-to-region attention, layer {layer}")
+    return lines, heat
 
 
 def draw_attention_lines(image_rgb, boxes, tokens, weights, title=""):

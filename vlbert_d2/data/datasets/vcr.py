@@ -20,13 +20,14 @@ from detectron2.data import DatasetCatalog, MetadataCatalog
 from detectron2.data.datasets.builtin_meta import COCO_CATEGORIES
 from detectron2.utils.logger import log_first_n
 
+from ...config import VCR_NUM_CHOICES
 from ...utils.files import iter_json_lines, read_json
 
 logger = logging.getLogger(__name__)
 
 # VCR's objects are named with the COCO thing classes, written without spaces ("diningtable").
 VCR_CLASSES = [c["name"].replace(" ", "") for c in COCO_CATEGORIES if c["isthing"]]
-NUM_CHOICES = 4
+NUM_CHOICES = VCR_NUM_CHOICES  # answer (and rationale) choices of every question
 _REQUIRED = ("question", "answer_choices", "rationale_choices", "objects", "img_fn",
              "metadata_fn", "annot_id")
 

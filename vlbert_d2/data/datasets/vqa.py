@@ -14,22 +14,21 @@ test-dev2015 and test2015 (no annotations).
 """
 import logging
 import os
-from collections import Counter
+from dataclasses import dataclass
+from typing import Tuple
 
 from detectron2.data import DatasetCatalog, MetadataCatalog
 
-from ...evaluation.vqa_eval import normalize_answer, soft_scores
-from ...utils.files import atomic_write, iter_text_lines, read_json
+# The answer vocabulary (reading, building, copying, <unk>) has one owner in the text layer; its
+# names are re-exported here, where they used to be.
+from ...text.answer_vocab import (ANSWER_MIN_COUNT, UNKNOWN_ANSWER, VQAFormatError,  # noqa: F401
+                                  answer_rows, count_answer_vocab, ensure_answer_vocab_file,
+                                  load_answer_vocab)
+from ...text.answer_vocab import dataset_answer_vocab as answer_vocab_of  # noqa: F401
+from ...text.vqa_answers import soft_scores
+from ...utils.files import read_json
 
 logger = logging.getLogger(__name__)
-
-# Answers kept in the vocabulary: those given as multiple_choice_answer at least this many times
-# in the training annotations (train2014 + val2014 gives the usual 3,129 answers).
-ANSWER_MIN_COUNT = 9
-
-
-class VQAFormatError(ValueError):
-    """A VQA file that does not follow the format; the message names file, record and field."""
 
 
 def _load_json(path, key):
@@ -75,57 +74,34 @@ def load_annotations(path):
 def build_answer_vocab(annotation_files, min_count=ANSWER_MIN_COUNT):
     """The usual VQA answer vocabulary: normalised ``multiple_choice_answer`` values occurring
     at least ``min_count`` times, most frequent first (ties alphabetically)."""
-    counts = Counter()
-    for path in annotation_files:
-        for ann in load_annotations(path).values():
-            counts[normalize_answer(ann["multiple_choice_answer"])] += 1
-    return sorted((a for a, c in counts.items() if c >= min_count and a), key=lambda a: (-counts[a], a))
+    return count_answer_vocab([ann["multiple_choice_answer"] for path in annotation_files
+                               for ann in load_annotations(path).values()], min_count)
 
 
-UNKNOWN_ANSWER = "<unk>"
+@dataclass(frozen=True)
+class AnswerVocabBuilder:
+    """How a VQA dataset's missing answer vocabulary is built: from its training annotations
+    (the ``answer_vocab_builder`` of its metadata, which :mod:`vlbert_d2.text.answer_vocab`
+    calls). Compared by value, so that registering a dataset again with the same files is
+    allowed by detectron2's metadata."""
 
+    annotation_files: Tuple[str, ...]
+    min_count: int = ANSWER_MIN_COUNT
 
-def load_answer_vocab(path):
-    """Read a vocabulary file: one answer per line, kept in file order, one classifier row each.
+    def __call__(self):
+        vocab = build_answer_vocab(self.annotation_files, self.min_count)
+        if not vocab:
+            raise VQAFormatError(f"no answer occurs {self.min_count} times in {list(self.annotation_files)}: "
+                                 "cannot build the answer vocabulary")
+        return vocab
 
-    The official file (``answers_vqa.txt``) has 3,129 lines, one of them ``<unk>``: it keeps its
-    row (so official checkpoints fit) but is never a target nor a prediction.
-    """
-    try:
-        lines = [line.strip() for _, line in iter_text_lines(path, VQAFormatError)]
-    except FileNotFoundError:
-        raise FileNotFoundError(f"VQA answer vocabulary not found: {path} (build it with "
-                                "tools/build_vqa_vocab.py; tools/train_net.py builds it when missing)") from None
-    vocab = [a for a in lines if a]
-    dup = [a for a, c in Counter(vocab).items() if c > 1]
-    if dup:
-        raise VQAFormatError(f"{path}: answers {dup[:5]} occur on more than one line")
-    if not [a for a in vocab if a != UNKNOWN_ANSWER]:
-        raise VQAFormatError(f"{path}: the answer vocabulary is empty")
-    return vocab
-
-
-def answer_rows(vocab):
-    """{normalised answer: row} for the targets (the first row wins when two lines normalise
-    to the same answer); ``<unk>`` has none."""
-    rows = {}
-    for i, a in enumerate(vocab):
-        if a != UNKNOWN_ANSWER:
-            rows.setdefault(normalize_answer(a), i)
-    return rows
+    def __str__(self):
+        return f"answers occurring >= {self.min_count} times in {', '.join(self.annotation_files)}"
 
 
 def ensure_answer_vocab(path, annotation_files, min_count=ANSWER_MIN_COUNT):
     """Return the vocabulary at ``path``, building it from ``annotation_files`` when missing."""
-    if not os.path.exists(path):
-        vocab = build_answer_vocab(annotation_files, min_count)
-        if not vocab:
-            raise VQAFormatError(f"no answer occurs {min_count} times in {annotation_files}: cannot build {path}")
-        with atomic_write(path, "w", encoding="utf-8") as f:
-            f.write("\n".join(vocab) + "\n")
-        logger.info("Built the VQA answer vocabulary %s: %d answers occurring >= %d times in %s",
-                    path, len(vocab), min_count, ", ".join(annotation_files))
-    return load_answer_vocab(path)
+    return ensure_answer_vocab_file(path, AnswerVocabBuilder(tuple(annotation_files), min_count))
 
 
 def load_vqa(questions_file, annotations_file, image_dir, image_prefix, detection_dir, answer_vocab=None):
@@ -216,7 +192,7 @@ def register_vqa(name, root, subset, images, detections, vocab_file, vocab_annot
 
         check_datasets([name])
         # Only read here (every data-loader process loads the dataset): the vocabulary is built,
-        # when missing, once by the main process (tools/train_net.py, build_answer_vocab).
+        # when missing, once by the main process (vlbert_d2.text.answer_vocab.prepare_answer_vocab).
         vocab = load_answer_vocab(vocab_path)
         return load_vqa(questions, annotations if has_answers else None, image_dir,
                         f"COCO_{images}_", detection_dir, vocab)
@@ -226,19 +202,4 @@ def register_vqa(name, root, subset, images, detections, vocab_file, vocab_annot
         json_file=questions, annotations_file=annotations if has_answers else None,
         detection_root=detection_dir, images=image_dir, subset=subset, has_answers=has_answers,
         answer_vocab_file=vocab_path, answer_vocab_sources=vocab_sources,
-        evaluator_type=evaluator_type)
-
-
-def answer_vocab_of(dataset_name, build=False):
-    """The answer vocabulary of a registered VQA dataset.
-
-    Args:
-        build (bool): build it from the dataset's training annotations when missing (do this in
-            one process only; see tools/train_net.py).
-    """
-    meta = MetadataCatalog.get(dataset_name)
-    if meta.get("answer_vocab_file", None) is None:
-        raise KeyError(f"dataset '{dataset_name}' has no answer vocabulary (not a VQA dataset?)")
-    if build:
-        return ensure_answer_vocab(meta.answer_vocab_file, meta.answer_vocab_sources)
-    return load_answer_vocab(meta.answer_vocab_file)
+        answer_vocab_builder=AnswerVocabBuilder(tuple(vocab_sources)), evaluator_type=evaluator_type)

@@ -2,8 +2,8 @@
 
 The scenes are those of the other synthetic datasets (colored balls, boxes and kites). Each
 caption states facts that need the image (how many objects and how many on each side, always;
-then where the biggest one is or what it is), so that masked language modelling with visual clues has
-something to learn from the visual side. Layout under ``root`` (that of the official
+then where the biggest one is or what it is), so that masked language modelling with visual clues
+has something to learn from the visual side. Layout under ``root`` (that of the official
 preparation, images and detections inside uncompressed zip archives)::
 
     {train,val}_frcnn.json        # JSON lines {"image", "caption" (list of words), "frcnn"}
@@ -14,15 +14,19 @@ preparation, images and detections inside uncompressed zip archives)::
                                   # describing scenes that are not drawn
 
 Example:
-    python -m vlbert_d2.data.synthetic --format captions --root datasets/synthetic_captions
+    python -m synthetic_vl --format captions --root datasets/synthetic_captions
 """
 import json
 import os
 import zipfile
 
-from ..detections import encode_detection
-from . import QUADRANTS, _quadrant, _render, _write_atomic
-from .coco_tasks import _biggest, _class_scores, _left_count, _scene, _start, _subset_rng, _xyxy
+import cv2
+
+from vlbert_d2.data.detections import encode_detection
+
+from .scenes import (QUADRANTS, biggest, class_scores, left_count, quadrant, render,
+                     sample_scene_with_retries, xyxy)
+from .writing import ensure, start_generation, subset_rng, write_bytes
 
 CAPTION_DEFAULT_COUNTS = {"train": 2000, "val": 200}
 CAPTION_TYPES = ("count", "sides", "biggest", "where")
@@ -31,18 +35,20 @@ _WORDS = {1: "one", 2: "two", 3: "three", 4: "four", 5: "five"}
 
 
 def _sentence(ctype, objects, width, height):
-    big = objects[_biggest(objects)]
+    big = objects[biggest(objects)]
     if ctype == "count":
         n = len(objects)
-        return f"there {'is' if n == 1 else 'are'} {_WORDS[n]} object{'' if n == 1 else 's'} in the picture."
+        verb, plural = ("is", "") if n == 1 else ("are", "s")
+        return f"there {verb} {_WORDS[n]} object{plural} in the picture."
     if ctype == "sides":
-        left = _left_count(objects, width)
-        return f"{_WORDS.get(left, 'no')} on the left and {_WORDS.get(len(objects) - left, 'none')} on the right."
+        left = left_count(objects, width)
+        right = len(objects) - left
+        return f"{_WORDS.get(left, 'no')} on the left and {_WORDS.get(right, 'none')} on the right."
     if ctype == "biggest":
         article = "an" if big["color"][0] in "aeiou" else "a"
         return f"the biggest object is {article} {big['color']} {big['name']}."
     if ctype == "where":
-        top, side = QUADRANTS[_quadrant(big["box"], width, height)]
+        top, side = QUADRANTS[quadrant(big["box"], width, height)]
         return f"the biggest one is at the {top} {side}."
     raise ValueError(f"unknown caption type {ctype!r}")
 
@@ -72,36 +78,37 @@ def _write_zip(path, members):
 
 
 def _generate_split(root, split, count, seed, image_size, types):
-    import cv2
-
     width, height = image_size
-    rng = _subset_rng("captions", seed, split)
+    rng = subset_rng("captions", seed, split)
     images, detections, lines = [], [], []
     for n in range(count):
         name = f"{split}_{n:06d}"
-        objects = _scene(rng, int(rng.integers(2, 6)), width, height, True)
-        img, _ = _render(rng, objects, width, height)
+        objects = sample_scene_with_retries(rng, int(rng.integers(2, 6)), width, height, True)
+        img, _ = render(rng, objects, width, height)
         ok, jpg = cv2.imencode(".jpg", img, [cv2.IMWRITE_JPEG_QUALITY, 95])
         assert ok
         images.append((f"{name}.jpg", jpg.tobytes()))
-        det = encode_detection(n, width, height, [_xyxy(o) for o in objects], classes=_class_scores(rng, objects))
+        det = encode_detection(n, width, height, [xyxy(o) for o in objects],
+                               classes=class_scores(rng, objects))
         detections.append((f"{name}.json", json.dumps(det).encode()))
         caption = _caption(rng, objects, width, height, types)
-        lines.append(json.dumps({"image": f"{split}_image.zip@/{name}.jpg", "caption": caption.split(),
+        lines.append(json.dumps({"image": f"{split}_image.zip@/{name}.jpg",
+                                 "caption": caption.split(),
                                  "frcnn": f"{split}_frcnn.zip@/{name}.json"}))
     _write_zip(os.path.join(root, f"{split}_image.zip"), images)
     _write_zip(os.path.join(root, f"{split}_frcnn.zip"), detections)
-    _write_atomic(os.path.join(root, f"{split}_frcnn.json"), ("\n".join(lines) + "\n").encode())
+    write_bytes(os.path.join(root, f"{split}_frcnn.json"), ("\n".join(lines) + "\n").encode())
 
     # Text corpus: descriptions of scenes that are not drawn (language only).
     passages = []
     for _ in range(count):
-        objects = _scene(rng, int(rng.integers(2, 6)), width, height, True)
+        objects = sample_scene_with_retries(rng, int(rng.integers(2, 6)), width, height, True)
         passages.append(" ".join(_sentence(t, objects, width, height) for t in CAPTION_TYPES))
-    _write_atomic(os.path.join(root, f"corpus_{split}.txt"), ("\n".join(passages) + "\n").encode())
+    write_bytes(os.path.join(root, f"corpus_{split}.txt"), ("\n".join(passages) + "\n").encode())
 
 
-def generate_captions(root, counts=None, seed=0, image_size=(192, 128), caption_types=CAPTION_TYPES):
+def generate_captions(root, counts=None, seed=0, image_size=(192, 128),
+                      caption_types=CAPTION_TYPES):
     """Write synthetic captions and a text corpus (see the module docstring).
 
     Args:
@@ -118,34 +125,29 @@ def generate_captions(root, counts=None, seed=0, image_size=(192, 128), caption_
     counts = {**CAPTION_DEFAULT_COUNTS, **(counts or {})}
     unknown = set(counts) - set(CAPTION_DEFAULT_COUNTS)
     if unknown:
-        raise ValueError(f"unknown splits {sorted(unknown)}; expected some of {list(CAPTION_DEFAULT_COUNTS)}")
+        raise ValueError(f"unknown splits {sorted(unknown)}; "
+                         f"expected some of {list(CAPTION_DEFAULT_COUNTS)}")
     types = tuple(dict.fromkeys(caption_types))
     bad = [t for t in types if t not in CAPTION_TYPES]
     if not types or bad:
-        raise ValueError(f"caption_types must be a non-empty subset of {CAPTION_TYPES}, got {caption_types}")
-    marker = _start(root, CAPTION_MARKER)
+        raise ValueError(f"caption_types must be a non-empty subset of {CAPTION_TYPES}, "
+                         f"got {caption_types}")
+    marker = start_generation(root, CAPTION_MARKER)
     for split, count in counts.items():
         _generate_split(root, split, int(count), seed, tuple(int(v) for v in image_size), types)
     info = {"format": "captions", "seed": seed, "counts": counts, "image_size": list(image_size),
             "caption_types": list(types)}
-    _write_atomic(marker, json.dumps(info).encode())
+    write_bytes(marker, json.dumps(info).encode())
     return counts
 
 
 def is_complete_captions(root):
-    needed = [f"{s}_{k}" for s in CAPTION_DEFAULT_COUNTS for k in ("frcnn.json", "image.zip", "frcnn.zip")]
+    needed = [f"{s}_{k}" for s in CAPTION_DEFAULT_COUNTS
+              for k in ("frcnn.json", "image.zip", "frcnn.zip")]
     needed += [f"corpus_{s}.txt" for s in CAPTION_DEFAULT_COUNTS] + [CAPTION_MARKER]
     return all(os.path.isfile(os.path.join(root, f)) for f in needed)
 
 
 def ensure_synthetic_captions(root, **kwargs):
     """Generate unless a complete dataset exists at ``root``; True when it generated."""
-    if is_complete_captions(root):
-        return False
-    generate_captions(root, **kwargs)
-    return True
-
-
-# --format captions of `python -m vlbert_d2.data.synthetic` (same tuple layout as coco_tasks.FORMATS).
-CAPTION_FORMATS = {"captions": (generate_captions, ensure_synthetic_captions, CAPTION_DEFAULT_COUNTS,
-                                CAPTION_TYPES, "caption_types")}
+    return ensure(is_complete_captions, generate_captions, root, kwargs)

@@ -1,0 +1,4 @@
+"""``python -m synthetic_vl --help``"""
+from .cli import main
+
+raise SystemExit(main())
