@@ -3,7 +3,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 export OMP_NUM_THREADS ?= 2
 
-.PHONY: setup demo demo-vqa demo-refcoco demo-pretrain ablation-pretrain test benchmark data data-vqa data-refcoco data-captions clean
+.PHONY: setup demo demo-vqa demo-refcoco demo-pretrain ablation-pretrain test lint benchmark data data-vqa data-refcoco data-captions clean
 
 setup:
 	bash scripts/setup_env.sh
@@ -41,8 +41,12 @@ demo-pretrain: data-captions
 ablation-pretrain: data-captions data-vqa
 	OMP_NUM_THREADS=1 $(PY) projects/SyntheticVL/pretrain_ablation.py --seeds 0 1 2
 
-test: setup
+# The lint (ruff.toml), then the suite.
+test: setup lint
 	$(PY) -m pytest -q tests
+
+lint: setup
+	$(VENV)/bin/ruff check .
 
 benchmark: setup
 	$(PY) tools/benchmark.py

@@ -21,5 +21,6 @@ setup(
         "Pillow>=7.1,<10",
         "tqdm",
     ],
-    extras_require={"dev": ["pytest>=7"]},
+    # ruff: the lint that make test (and so CI) runs first (ruff.toml).
+    extras_require={"dev": ["pytest>=7", "ruff>=0.17,<0.18"]},
 )

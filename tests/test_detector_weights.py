@@ -7,7 +7,6 @@ import numpy as np
 import pytest
 import torch
 
-from conftest import make_cfg
 from vlbert_d2.checkpoint import UnsafePickleError, load_weights_pickle
 
 

@@ -1,5 +1,4 @@
 """The installed environment: detectron2's Python-only build, collect_env, the synthetic CLI."""
-import os
 import subprocess
 import sys
 

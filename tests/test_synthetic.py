@@ -8,7 +8,7 @@ import cv2
 import numpy as np
 import pytest
 import synthetic_vl as synthetic
-from synthetic_vl import PALETTE, QUADRANTS, ensure_synthetic_vcr, generate_vcr
+from synthetic_vl import PALETTE, ensure_synthetic_vcr, generate_vcr
 
 SMALL = {"train": 12, "val": 4, "test": 4}
 REQUIRED = {"movie", "objects", "img_fn", "metadata_fn", "question", "answer_choices",

@@ -126,7 +126,7 @@ def main():
                                "--iters", str(args.iters), "--rois", str(args.rois)]
                               + (["--precomputed"] if mode == "precomputed" else []),
                               capture_output=True, text=True)
-        lines = [l for l in proc.stdout.splitlines() if l.startswith("RESULT ")]
+        lines = [line for line in proc.stdout.splitlines() if line.startswith("RESULT ")]
         if proc.returncode != 0 or not lines:
             print(f"{name}: failed\n{proc.stderr[-2000:]}")
             continue

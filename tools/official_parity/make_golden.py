@@ -591,7 +591,8 @@ def main(argv=None):
         for task in args.tasks:
             model, layout, cfg = build_official(repo, task, workdir)
             layouts[task] = layout
-            inputs, text, outputs, inter = RUNNERS[task](model, torch.Generator().manual_seed(spec.INPUT_SEED + 1), images)
+            generator = torch.Generator().manual_seed(spec.INPUT_SEED + 1)
+            inputs, text, outputs, inter = RUNNERS[task](model, generator, images)
             torch.save({"inputs": inputs, "text": text, "outputs": outputs, "intermediates": inter},
                        os.path.join(args.output, f"{task}.pt"))
             manifest["tasks"][task] = {

@@ -4,5 +4,5 @@ from .detector import UnsafePickleError, load_detector_weights, load_weights_pic
 from .official import ConversionError, ConversionReport, convert_official_state_dict
 
 __all__ = ["CheckpointError", "SafeCheckpointer", "VLBertCheckpointer", "load_checkpoint_file",
-           "ConversionError", "ConversionReport", "convert_official_state_dict", "UnsafePickleError", "load_detector_weights",
-           "load_weights_pickle"]
+           "ConversionError", "ConversionReport", "convert_official_state_dict", "UnsafePickleError",
+           "load_detector_weights", "load_weights_pickle"]

@@ -109,7 +109,8 @@ _RULES: List[Tuple[str, object]] = [
 ]
 # Official keys that repeat another official key's tensor: (pattern, the key it repeats).
 _DUPLICATES = [
-    (_FE + r"head\.0\.(\d+)\.(.+)", lambda m: f"image_feature_extractor.roi_head_feature_extractor.{m.group(1)}.{m.group(2)}"),
+    (_FE + r"head\.0\.(\d+)\.(.+)",
+     lambda m: f"image_feature_extractor.roi_head_feature_extractor.{m.group(1)}.{m.group(2)}"),
     (r"vlbert\.mlm_head\.predictions\.decoder\.weight", lambda m: "vlbert.word_embeddings.weight"),
 ]
 # (1, H) embedding tables that are (H,) vectors here.

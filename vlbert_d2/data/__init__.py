@@ -139,6 +139,7 @@ def register_all(root=None):
 register_all()
 
 __all__ = ["VCRDatasetMapper", "VQADatasetMapper", "RefCOCODatasetMapper", "PretrainDatasetMapper",
-           "MixedBatchLoader", "build_vlbert_train_loader", "check_datasets", "build_vlbert_mapper", "register_all", "datasets_root", "SYNTHETIC_CLASSES"]
+           "MixedBatchLoader", "build_vlbert_train_loader", "check_datasets", "build_vlbert_mapper",
+           "register_all", "datasets_root", "SYNTHETIC_CLASSES"]
 # Your own datasets in the generic JSON-lines format (docs/custom_datasets.md).
 __all__ += ["register_generic_dataset", "register_generic_from_cfg"]

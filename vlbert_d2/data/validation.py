@@ -15,9 +15,10 @@ training or evaluation starts:
 
 The work runs in ``DATALOADER.NUM_WORKERS`` processes (0 or 1: in the calling one) with a
 progress bar; in a distributed run every process checks its share of the records and the results
-are gathered, so that all processes keep the same records; and each good record is cached on disk under a key made of the record's content
-and the (path, size, mtime) of every file it names, so a second run over unchanged data starts
-at once (only the bad records, if any, are checked again).
+are gathered, so that all processes keep the same records; and each good record is cached on
+disk under a key made of the record's content and the (path, size, mtime) of every file it
+names, so a second run over unchanged data starts at once (only the bad records, if any, are
+checked again).
 ``DATALOADER.BAD_RECORDS`` decides what bad records do: "error" (stop, listing them) or "skip"
 (drop them, count them, write their list to ``OUTPUT_DIR``). ``tools/check_dataset.py`` runs
 the same check alone.

@@ -26,6 +26,6 @@ def build_vlbert_evaluator(cfg, dataset_name, output_dir=None):
                               f"(evaluator_type {evaluator_type!r})")
 
 
-__all__ = ["VCREvaluator", "VQAEvaluator", "RefCOCOEvaluator", "PretrainEvaluator", "pretrain_metrics", "normalize_answer", "soft_scores",
-           "vqa_accuracy", "vqa_metrics", "write_vqa_submission", "build_vlbert_evaluator", "load_predictions", "vcr_metrics",
-           "write_leaderboard_csv"]
+__all__ = ["VCREvaluator", "VQAEvaluator", "RefCOCOEvaluator", "PretrainEvaluator", "pretrain_metrics",
+           "normalize_answer", "soft_scores", "vqa_accuracy", "vqa_metrics", "write_vqa_submission",
+           "build_vlbert_evaluator", "load_predictions", "vcr_metrics", "write_leaderboard_csv"]

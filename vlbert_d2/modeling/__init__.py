@@ -5,4 +5,6 @@ from .meta_arch import VLBERT, VLBertBatch
 from .visual import RegionFeatureExtractor, VisualFusion, geometry_embedding
 from .vl_bert import VisualLinguisticBert, VLBertOutput
 
-__all__ = [k for k in globals() if not k.startswith("_")]
+__all__ = ["build_bert", "build_tokenizer", "resolve_pretrained", "VLBERT_HEAD_REGISTRY", "VCRHead",
+           "build_vlbert_head", "VLBERT", "VLBertBatch", "RegionFeatureExtractor", "VisualFusion",
+           "geometry_embedding", "VisualLinguisticBert", "VLBertOutput"]
