@@ -44,6 +44,9 @@ def test_train_then_eval_only_gives_the_same_metrics(size_data, tmp_path):
                           "TEST.EVAL_PERIOD", "3", "OUTPUT_DIR", str(out)], size_data)
     assert train.returncode == 0, train.stderr[-3000:]
     assert (out / "model_final.pth").is_file()
+    # The record check reports what it checked, on the console and in the run's log.
+    summary = "Record check: dataset 'synthetic_vcr_size_train': 24 records checked"
+    assert summary in train.stdout + train.stderr and summary in (out / "log.txt").read_text()
     trained = copypaste_metrics(train.stdout)
     assert trained["num_labelled"] == 8.0 and 0.0 <= trained["Q2A"] <= 100.0
     # metrics.json has the training losses and the final evaluation (detectron2's writers).

@@ -16,6 +16,8 @@ with the weights an uninterrupted one would have. Without a GPU (or with MODEL.D
 from detectron2.config import get_cfg
 from detectron2.engine import default_argument_parser, default_setup
 from detectron2.evaluation import verify_results
+from detectron2.utils import comm
+from detectron2.utils.logger import setup_logger
 
 from vlbert_d2 import add_vlbert_config
 from vlbert_d2.checkpoint import VLBertCheckpointer
@@ -30,6 +32,9 @@ def setup(args):
     add_vlbert_config(cfg)
     cfg.merge_from_file(args.config_file)
     cfg.merge_from_list(args.opts)
+    # The library's own messages (record checks and what they skipped or clipped, vocabularies,
+    # loaded weights) go to the console and OUTPUT_DIR/log.txt with detectron2's.
+    setup_logger(cfg.OUTPUT_DIR, distributed_rank=comm.get_rank(), name="vlbert_d2", abbrev_name="vlbert_d2")
     register_generic_from_cfg(cfg)  # DATASETS.GENERIC: your own JSON-lines datasets
     # Before anything is built: a missing dataset should say so, not fail later on the way.
     check_datasets(cfg.DATASETS.TEST if args.eval_only else cfg.DATASETS.TRAIN + cfg.DATASETS.TEST)
