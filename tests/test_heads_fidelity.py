@@ -131,8 +131,10 @@ def test_vcr_roi_loss_is_the_official_one():
     # This project: classes are 0-based COCO indices, -1 the whole image, -100 padding.
     ours = torch.where(box_mask, official_objects - 1, torch.full_like(official_objects, -100))
     outputs = SimpleNamespace(pooled=torch.randn(2 * K, H), objects=hidden_states_objects.flatten(0, 1))
-    batch = SimpleNamespace(num_choices=[K, K], labels=torch.tensor([1, 2]),
-                            seq_to_input=torch.arange(2).repeat_interleave(K), object_classes=ours)
+    # The targets come from the inputs (the mapper's dicts), laid out by the RoI mask.
+    inputs = [{"label": 1, "object_classes": ours[0, box_mask[0]]}, {"label": 2, "object_classes": ours[1, box_mask[1]]}]
+    batch = SimpleNamespace(num_choices=[K, K], inputs=inputs, object_mask=box_mask.long(),
+                            seq_to_input=torch.arange(2).repeat_interleave(K))
     loss = head(outputs, batch)["loss_roi_cls"]
     torch.testing.assert_close(loss, expected)
 

@@ -4,7 +4,7 @@
 
     top       engine/, feature_extraction.py, collect_env.py, the package itself   (anything)
     middle    data/   modeling/   evaluation/   solver.py      (each: itself and the bottom only)
-    bottom    config.py  >  text/, checkpoint/  >  utils/       (downwards inside the bottom too)
+    bottom    config.py  >  text/, checkpoint/  >  tasks.py  >  utils/   (downwards inside the bottom too)
 
 tools/ and projects/ sit above the library: no library module may import them.
 
@@ -26,13 +26,14 @@ PACKAGE = "vlbert_d2"
 TOP = 9
 LAYERS = {
     "utils": 0,
-    "text": 1,
-    "checkpoint": 1,
-    "config": 2,
-    "data": 3,
-    "modeling": 3,
-    "evaluation": 3,
-    "solver": 3,
+    "tasks": 1,  # the task table (docs/adding_a_task.md): every layer reads it
+    "text": 2,
+    "checkpoint": 2,
+    "config": 3,
+    "data": 4,
+    "modeling": 4,
+    "evaluation": 4,
+    "solver": 4,
     "engine": TOP,
     "feature_extraction": TOP,
     "collect_env": TOP,

@@ -206,8 +206,8 @@ def _head_inputs(logit_rows, labels):
     """VLBertOutput/VLBertBatch stand-ins whose pooled output makes the head's logits known."""
     pooled = torch.tensor(logit_rows, dtype=torch.float32).reshape(-1, 1)
     outputs = SimpleNamespace(pooled=pooled)
-    batch = SimpleNamespace(num_choices=[4] * (len(logit_rows) // 4),
-                            labels=torch.tensor(labels), object_classes=torch.full((1, 1), -100))
+    batch = SimpleNamespace(num_choices=[4] * (len(logit_rows) // 4), inputs=[{"label": y} for y in labels],
+                            object_mask=torch.ones((len(labels), 1), dtype=torch.long))
     return outputs, batch
 
 
@@ -252,15 +252,14 @@ def test_roi_classification_targets_and_ddp_safe_zero_loss():
     objects = torch.randn(2, 3, 4)  # 2 sequences (one input, 2 choices), 3 RoI slots
     outputs = SimpleNamespace(pooled=torch.randn(2, 4), objects=objects)
     # RoI 0: whole image (-1 -> background 0), RoI 1: class 2 (-> 3), slot 2: padding.
-    classes = torch.tensor([[-1, 2, -100]])
-    batch = SimpleNamespace(num_choices=[2], labels=torch.tensor([1]), seq_to_input=torch.tensor([0, 0]),
-                            object_classes=classes)
+    batch = SimpleNamespace(num_choices=[2], inputs=[{"label": 1, "object_classes": torch.tensor([-1, 2])}],
+                            seq_to_input=torch.tensor([0, 0]), object_mask=torch.tensor([[1, 1, 0]]))
     loss = head(outputs, batch)["loss_roi_cls"]
     logits = head.roi_classifier(objects[:, :2]).reshape(-1, 4)
     expected = F.cross_entropy(logits, torch.tensor([0, 3, 0, 3]))
     torch.testing.assert_close(loss, expected)
     # No classified RoI: a zero loss that still reaches every classifier parameter.
-    batch.object_classes = torch.full((1, 3), -100)
+    batch.inputs = [{"label": 1}]  # no object classes
     zero = head(outputs, batch)["loss_roi_cls"]
     assert zero.item() == 0.0
     zero.backward()

@@ -263,8 +263,7 @@ def test_the_three_losses_on_tiny_inputs():
     t1[1] = torch.tensor([0.0, 0.0, 0.0, 1.0])
     inputs = [{"mlm_labels": mlm[0], "mvrc_targets": t0, "rel_label": 1},
               {"mlm_labels": mlm[1], "mvrc_targets": t1, "rel_label": 0}]
-    batch = VLBertBatch(num_choices=[1, 1], seq_to_input=torch.arange(2), labels=torch.tensor([-1, -1]),
-                        object_classes=torch.zeros(2, 3, dtype=torch.long),
+    batch = VLBertBatch(num_choices=[1, 1], seq_to_input=torch.arange(2),
                         object_mask=torch.tensor([[1, 1, 1], [1, 1, 0]]), inputs=inputs, word_embeddings=emb)
     out = VLBertOutput(text=text, objects=objects, pooled=pooled, attention_mask=None)
     losses = head(out, batch)

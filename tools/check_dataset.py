@@ -28,6 +28,7 @@ from vlbert_d2 import add_vlbert_config
 from vlbert_d2.config import finalize_vlbert_config
 from vlbert_d2.data import check_datasets, register_generic_from_cfg
 from vlbert_d2.data.validation import MAX_LISTED, check_records, format_bad_records, write_bad_records
+from vlbert_d2.tasks import ANSWERS, task_of_head
 
 
 def parse_args(argv=None):
@@ -73,7 +74,9 @@ def main(argv=None):
         # built when missing, as training does).
         cfg = finalize_vlbert_config(cfg)
     except Exception as e:
-        what = "no VQA answer vocabulary" if cfg.MODEL.VLBERT.HEAD == "VQAHead" else "cannot complete the config"
+        task = task_of_head(cfg.MODEL.VLBERT.HEAD)
+        answers = task is not None and task.label_space == ANSWERS
+        what = "no VQA answer vocabulary" if answers else "cannot complete the config"
         print(f"ERROR: {what}: {type(e).__name__}: {e}", file=sys.stderr)
         return 1
     failed, total, bad_total = [], 0, 0

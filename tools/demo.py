@@ -64,7 +64,8 @@ from vlbert_d2.data.common import read_image
 from vlbert_d2.data.detections import DetectionFormatError, parse_detection, write_detection
 from vlbert_d2.engine import PredictorInputError, VLBertPredictor
 from vlbert_d2.utils.visualization import (DEFAULT_MAX_DRAW_SIZE, DEFAULT_MIN_DRAW_SIZE, draw_answer,
-                                           draw_attention, resize_for_drawing, save_picture)
+                                           draw_attention, resize_for_drawing, save_picture,
+                                           summarize_answer)
 
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp")
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -260,14 +261,8 @@ def run_one(predictor, path, boxes_path, args):
 
 
 def summary(prediction):
-    """The JSON line of one image: what the model answered."""
-    task = prediction["task"]
-    if task == "vqa":
-        return {"answer": prediction["answer"], "top_k": [[a, s] for a, s in prediction["top_k"]]}
-    if task == "refcoco":
-        return {"index": prediction["index"], "box": prediction["box"]}
-    return {"answer": prediction["answer"], "scores": prediction["scores"].tolist(),
-            "objects": prediction["mentioned"]}
+    """The JSON line of one image: what the model answered (the task's registered summary)."""
+    return summarize_answer(prediction)
 
 
 def list_inputs(input_path, boxes, use_detector):

@@ -7,6 +7,7 @@ Symbols in the comments refer to the VL-BERT paper (Su et al., ICLR 2020).
 from detectron2.config import CfgNode as CN
 from detectron2.data import MetadataCatalog
 
+from .tasks import ANSWERS, get_task, task_of_head
 from .text.answer_vocab import prepare_answer_vocab
 
 # Answer (and rationale) choices of a VCR question.
@@ -18,8 +19,9 @@ def add_vlbert_config(cfg):
     _C = cfg
 
     _C.MODEL.VLBERT = CN()
-    # Which downstream head to put on the shared VL-BERT (a name in VLBERT_HEAD_REGISTRY).
-    _C.MODEL.VLBERT.HEAD = "VCRHead"
+    # Which downstream head to put on the shared VL-BERT (a name in VLBERT_HEAD_REGISTRY): it
+    # chooses the task (vlbert_d2/tasks.py: its mapper, evaluator and predictor). Default: VCR's.
+    _C.MODEL.VLBERT.HEAD = get_task("vcr").head
 
     # --- Transformer (BERT from `transformers`) ---
     # BERT to start from: a hub name ("bert-base-uncased"), a local directory holding
@@ -123,7 +125,7 @@ def add_vlbert_config(cfg):
     # Dropout between the MVRC-style transform of each RoI output and its scorer.
     _C.MODEL.VLBERT.REFCOCO.CLASSIFIER_DROPOUT = 0.0  # official
 
-    # --- Pre-training (paper section 3.3, appendix A.2; MODEL.VLBERT.HEAD "PretrainHead") ---
+    # --- Pre-training (paper section 3.3, appendix A.2; the "pretrain" task of vlbert_d2/tasks.py) ---
     _C.MODEL.VLBERT.PRETRAIN = CN()
     # Task #1 of the paper's pre-training: masked language modelling with visual clues (and, on
     # the text corpus, plain MLM). Whole words are masked (all their word pieces): a word is
@@ -222,7 +224,8 @@ def finalize_vlbert_config(cfg, output_dir=None):
 
     * ``MODEL.VLBERT.VCR.NUM_OBJECT_CLASSES`` when -1: the most ``thing_classes`` among the
       (registered) datasets of ``DATASETS.TRAIN`` (0 when none has any);
-    * with ``MODEL.VLBERT.HEAD`` "VQAHead": ``MODEL.VLBERT.VQA.ANSWER_VOCAB``, the answer
+    * for a task whose label space is an answer vocabulary (VQA's, :mod:`vlbert_d2.tasks`):
+      ``MODEL.VLBERT.VQA.ANSWER_VOCAB``, the answer
       vocabulary file (the datasets' when empty; built, when missing, by the main process), and
       ``MODEL.VLBERT.VQA.NUM_ANSWERS``, its length
       (:func:`vlbert_d2.text.answer_vocab.prepare_answer_vocab`). With ``output_dir`` (training),
@@ -240,7 +243,9 @@ def finalize_vlbert_config(cfg, output_dir=None):
     """
     v = cfg.MODEL.VLBERT
     fill_classes = v.VCR.NUM_OBJECT_CLASSES < 0
-    fill_answers = v.HEAD == "VQAHead" and (v.VQA.NUM_ANSWERS <= 0 or not v.VQA.ANSWER_VOCAB or output_dir)
+    task = task_of_head(v.HEAD)
+    fill_answers = (task is not None and task.label_space == ANSWERS
+                    and (v.VQA.NUM_ANSWERS <= 0 or not v.VQA.ANSWER_VOCAB or output_dir))
     if not (fill_classes or fill_answers):
         return cfg
     frozen = cfg.is_frozen()

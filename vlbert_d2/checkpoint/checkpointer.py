@@ -17,6 +17,7 @@ import torch
 
 from detectron2.checkpoint import DetectionCheckpointer
 
+from ..tasks import task_of_head
 from ..utils.files import atomic_write, remove_stale_temporaries
 from ..utils.safe_pickle import NUMPY_GLOBALS, PLAIN_GLOBALS, UnsafePickleError, restricted_load
 
@@ -173,17 +174,6 @@ class VLBertCheckpointer(SafeCheckpointer):
         return super()._load_model(checkpoint)
 
 
-# Task heads that the official fine-tuning starts from a pre-training head (its configs'
-# PARTIAL_PRETRAIN_PREFIX_CHANGES): head class -> {pre-training prefix: task-head prefix}.
-HEADS_FROM_PRETRAINING = {
-    "VQAHead": {"head.mlm_transform.": "head.transform."},        # dense, GELU, LayerNorm
-    "RefCOCOHead": {"head.mvrc_transform.": "head.transform."},   # dense, GELU
-    # cfgs/vcr/*: "vlbert.mvrc_head.transform->cnn_loss_reg.0" (dense, GELU; its Linear(H, 81)
-    # keeps its initialisation).
-    "VCRHead": {"head.mvrc_transform.0.": "head.roi_classifier.0."},
-}
-
-
 def start_heads_from_pretraining(state_dict, model):
     """When a pre-training checkpoint (with ``head.mlm_transform``/``head.mvrc_transform``) is
     loaded into a VQA, RefCOCO+ or VCR model, copy the matching pre-training transform to the
@@ -195,7 +185,10 @@ def start_heads_from_pretraining(state_dict, model):
         list[str]: the keys added.
     """
     model = getattr(model, "module", model)  # DistributedDataParallel
-    rules = HEADS_FROM_PRETRAINING.get(type(getattr(model, "head", None)).__name__)
+    # The task table's (pre-training prefix, head prefix) pairs of the model's head (the official
+    # fine-tuning configs' PARTIAL_PRETRAIN_PREFIX_CHANGES).
+    task = task_of_head(type(getattr(model, "head", None)).__name__)
+    rules = dict(task.heads_from_pretraining) if task is not None else {}
     if not rules or any(k.startswith(dst) for dst in rules.values() for k in state_dict):
         return []
     wanted = model.state_dict()

@@ -7,6 +7,7 @@ import os
 
 from detectron2.data import DatasetCatalog
 
+from ..tasks import get_task, task_for_cfg
 from .build import MixedBatchLoader, build_vlbert_train_loader
 from .datasets import register_refcoco, register_vcr, register_vqa
 from .datasets.generic import register_generic_dataset, register_generic_from_cfg  # your own data
@@ -75,17 +76,35 @@ _TEXT_DATASETS = [
     ("synthetic_corpus_val", "synthetic_captions", ("corpus_val.txt",)),
 ]
 
-# Which mapper formats a task's inputs, by head (MODEL.VLBERT.HEAD).
-_MAPPERS = {"VCRHead": VCRDatasetMapper, "VQAHead": VQADatasetMapper, "RefCOCOHead": RefCOCODatasetMapper,
-            "PretrainHead": PretrainDatasetMapper}
+# Which mapper formats a task's inputs: task name (vlbert_d2/tasks.py) -> mapper class, called
+# as ``mapper(cfg, is_train)``.
+TASK_MAPPERS = {}
+
+
+def register_task_mapper(task_name, mapper=None):
+    """Register ``mapper`` (a class or function called as ``mapper(cfg, is_train)``) as the dataset
+    mapper of the task ``task_name`` (a row of :data:`vlbert_d2.tasks.TASKS`). Usable as a
+    decorator: ``@register_task_mapper("my_task")``."""
+    if mapper is None:
+        return lambda m: register_task_mapper(task_name, m)
+    get_task(task_name)  # a row of the table first
+    TASK_MAPPERS[task_name] = mapper
+    return mapper
+
+
+register_task_mapper("vcr", VCRDatasetMapper)
+register_task_mapper("vqa", VQADatasetMapper)
+register_task_mapper("refcoco", RefCOCODatasetMapper)
+register_task_mapper("pretrain", PretrainDatasetMapper)
 
 
 def build_vlbert_mapper(cfg, is_train):
-    """The dataset mapper of the task whose head the config names."""
-    head = cfg.MODEL.VLBERT.HEAD
-    if head not in _MAPPERS:
-        raise KeyError(f"no dataset mapper for MODEL.VLBERT.HEAD={head!r}; known: {sorted(_MAPPERS)}")
-    return _MAPPERS[head](cfg, is_train)
+    """The dataset mapper of the config's task (the task of ``MODEL.VLBERT.HEAD``)."""
+    task = task_for_cfg(cfg)
+    if task.name not in TASK_MAPPERS:
+        raise KeyError(f"no dataset mapper for task {task.name!r} (MODEL.VLBERT.HEAD={task.head!r}): "
+                       f"register one with vlbert_d2.data.register_task_mapper; known: {sorted(TASK_MAPPERS)}")
+    return TASK_MAPPERS[task.name](cfg, is_train)
 
 
 def check_datasets(names):
@@ -140,6 +159,7 @@ register_all()
 
 __all__ = ["VCRDatasetMapper", "VQADatasetMapper", "RefCOCODatasetMapper", "PretrainDatasetMapper",
            "MixedBatchLoader", "build_vlbert_train_loader", "check_datasets", "build_vlbert_mapper",
+           "register_task_mapper", "TASK_MAPPERS",
            "register_all", "datasets_root", "SYNTHETIC_CLASSES"]
 # Your own datasets in the generic JSON-lines format (docs/custom_datasets.md).
 __all__ += ["register_generic_dataset", "register_generic_from_cfg"]

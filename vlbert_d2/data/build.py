@@ -7,6 +7,7 @@ import numpy as np
 from detectron2.data import MetadataCatalog, get_detection_dataset_dicts
 from detectron2.utils import comm
 
+from ..tasks import task_of_head
 from ..utils.seeding import derive_seed
 from .resumable_loader import ResumableTrainLoader
 
@@ -87,7 +88,8 @@ def build_vlbert_train_loader(cfg, mapper, seed=None):
     seed = training_seed(cfg) if seed is None else seed
     fraction, subset_seed = cfg.DATALOADER.TRAIN_FRACTION, max(cfg.SEED, 0)
     workers, grouping = cfg.DATALOADER.NUM_WORKERS, cfg.DATALOADER.ASPECT_RATIO_GROUPING
-    if cfg.MODEL.VLBERT.HEAD != "PretrainHead":
+    task = task_of_head(cfg.MODEL.VLBERT.HEAD)
+    if task is None or not task.mixed_text_batches:
         return ResumableTrainLoader(_dataset(cfg, names, fraction, subset_seed, "training set"), mapper,
                                     cfg.SOLVER.IMS_PER_BATCH, seed, grouping, workers)
     text = [n for n in names if MetadataCatalog.get(n).get("pretrain_kind", None) == "text"]

@@ -14,6 +14,7 @@ import torch
 from detectron2.config import configurable
 
 # The answer vocabulary's owner (vocab_for_cfg used to live here, and is still importable here).
+from ..tasks import ANSWERS, task_of_head
 from ..text.answer_vocab import AnswerVocab, vocab_for_cfg
 from ..text.answer_vocab import prepare_answer_vocab as _prepare_answer_vocab
 from ..text.tokenizer import build_tokenizer
@@ -128,8 +129,9 @@ class VQADatasetMapper:
 
 def prepare_answer_vocab(cfg, output_dir=None):
     """The VQA answer vocabulary, built when missing and copied to ``output_dir`` (None when
-    the head is not "VQAHead"). Kept for older callers: :func:`vlbert_d2.config.finalize_vlbert_config`
+    the config's task has no answer vocabulary). Kept for older callers: :func:`vlbert_d2.config.finalize_vlbert_config`
     does this and fills the config (``MODEL.VLBERT.VQA.ANSWER_VOCAB`` / ``NUM_ANSWERS``)."""
-    if cfg.MODEL.VLBERT.HEAD != "VQAHead":
+    task = task_of_head(cfg.MODEL.VLBERT.HEAD)
+    if task is None or task.label_space != ANSWERS:
         return None
     return _prepare_answer_vocab(cfg, output_dir)[1]

@@ -38,14 +38,26 @@ from ..checkpoint import CheckpointError, VLBertCheckpointer
 from ..config import finalize_vlbert_config
 from ..data import build_vlbert_mapper
 from ..data.common import read_image, resize_image_and_boxes, whole_image_box
+from ..tasks import ANSWERS, get_task, task_of_head
 from ..text import AnswerVocab
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["VLBertPredictor", "PredictorInputError", "parse_vcr_text", "text_to_region_attention"]
+__all__ = ["VLBertPredictor", "PredictorInputError", "PREDICTOR_TASKS", "register_predictor_task",
+           "parse_vcr_text", "text_to_region_attention"]
 
-# The tasks the predictor answers, by head (MODEL.VLBERT.HEAD).
-_TASKS = {"VQAHead": "vqa", "RefCOCOHead": "refcoco", "VCRHead": "vcr"}
+# The tasks the predictor answers: task name (vlbert_d2/tasks.py) -> the text arguments it takes
+# (beside the image and regions). Its answer is made by the method ``_<name>_output`` and its
+# text rows by ``_encode_text``; the demo's picture by vlbert_d2.utils.visualization.
+PREDICTOR_TASKS = {"vqa": ("question",), "refcoco": ("expression",), "vcr": ("question", "choices")}
+
+
+def register_predictor_task(task_name, texts):
+    """Declare that :class:`VLBertPredictor` answers for the task ``task_name`` (a row of
+    :data:`vlbert_d2.tasks.TASKS`), taking the keyword arguments ``texts``; a subclass of the
+    predictor gives its ``_<task_name>_output`` and text encoding."""
+    get_task(task_name)
+    PREDICTOR_TASKS[task_name] = tuple(texts)
 ANSWER_VOCAB_FILE = "answers_vqa.txt"  # the copy a VQA training run writes beside its weights
 
 
@@ -153,16 +165,19 @@ class VLBertPredictor:
                 BGR/RGB.
         """
         head = cfg.MODEL.VLBERT.HEAD
-        if head not in _TASKS:
-            raise ValueError(f"VLBertPredictor answers with the heads {sorted(_TASKS)}, not MODEL.VLBERT.HEAD={head!r}")
+        task = task_of_head(head)
+        if task is None or task.name not in PREDICTOR_TASKS:
+            heads = sorted(get_task(name).head for name in PREDICTOR_TASKS)
+            raise ValueError(f"VLBertPredictor answers with the heads {heads}, not MODEL.VLBERT.HEAD={head!r}")
         if cfg.INPUT.FORMAT not in ("BGR", "RGB"):
             raise ValueError(f"VLBertPredictor reads BGR or RGB images, not INPUT.FORMAT={cfg.INPUT.FORMAT!r}")
-        self.task = _TASKS[head]
+        self.task = task.name
         cfg = cfg.clone()
         cfg.defrost()
         cfg.MODEL.VLBERT.FEATURE_CACHE = ""  # the cache holds what the trunk computes from pixels
         named = cfg.MODEL.VLBERT.VQA.ANSWER_VOCAB
-        if self.task == "vqa" and not (named and os.path.isfile(named)) and cfg.MODEL.WEIGHTS:
+        answers = task.label_space == ANSWERS
+        if answers and not (named and os.path.isfile(named)) and cfg.MODEL.WEIGHTS:
             beside = os.path.join(os.path.dirname(cfg.MODEL.WEIGHTS), ANSWER_VOCAB_FILE)
             if os.path.isfile(beside):
                 if named:
@@ -182,7 +197,7 @@ class VLBertPredictor:
         else:
             logger.warning("VLBertPredictor: MODEL.WEIGHTS is empty: random weights, the answers mean nothing")
         self.mapper = build_vlbert_mapper(cfg, is_train=False)
-        self.answer_vocab = AnswerVocab(self.mapper.answer_vocab) if self.task == "vqa" else None
+        self.answer_vocab = AnswerVocab(self.mapper.answer_vocab) if answers else None
         self.detector = detector
 
     def __call__(self, image, *, question=None, expression=None, choices=None, objects=None, answer=None,
@@ -277,11 +292,11 @@ class VLBertPredictor:
         """The text arguments the task takes, checked before anything runs."""
         given = {k: v for k, v in (("question", question), ("expression", expression), ("choices", choices),
                                    ("answer", answer)) if v is not None}
-        wanted = {"vqa": ("question",), "refcoco": ("expression",),
-                  "vcr": ("question", "choices") + (("answer",) if self.cfg.MODEL.VLBERT.VCR.TASK == "QA2R" else ())}
-        wanted = wanted[self.task]
+        wanted = PREDICTOR_TASKS[self.task]
+        if self.task == "vcr" and self.cfg.MODEL.VLBERT.VCR.TASK == "QA2R":
+            wanted = wanted + ("answer",)
         names = {"vqa": "a VQA model", "refcoco": "a RefCOCO+ model",
-                 "vcr": f"a VCR {self.cfg.MODEL.VLBERT.VCR.TASK} model"}[self.task]
+                 "vcr": f"a VCR {self.cfg.MODEL.VLBERT.VCR.TASK} model"}.get(self.task, f"a {self.task} model")
         for key in wanted:
             if key not in given:
                 raise PredictorInputError(key, f"{names} needs {' and '.join(k + '=' for k in wanted)}")

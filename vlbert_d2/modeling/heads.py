@@ -1,7 +1,9 @@
 """Task heads on top of the shared VL-BERT.
 
 Tasks differ only by their input formatting (data side) and their head and loss (here). A head
-is registered in ``VLBERT_HEAD_REGISTRY`` and chosen by ``MODEL.VLBERT.HEAD``.
+is registered in ``VLBERT_HEAD_REGISTRY`` under the name its task's row of
+:mod:`vlbert_d2.tasks` gives, and chosen by ``MODEL.VLBERT.HEAD``. Every head reads its targets
+from the mapper's input dicts, ``batch.inputs``.
 """
 import logging
 
@@ -14,6 +16,7 @@ from detectron2.utils.registry import Registry
 
 from ..text.tokenizer import build_tokenizer
 from .bert import load_pretrained_tensors
+from .ddp import keep_alive
 
 logger = logging.getLogger(__name__)
 
@@ -97,8 +100,9 @@ class VCRHead(nn.Module):
         """
         Args:
             outputs (VLBertOutput): over S = sum of the choices of every input.
-            batch (VLBertBatch): with ``num_choices``, ``labels``, ``seq_to_input`` and
-                ``object_classes``.
+            batch (VLBertBatch): with ``num_choices``, ``seq_to_input``, ``object_mask`` and
+                ``inputs``, whose ``label`` (int) and ``object_classes`` ((N,) class of each
+                RoI, -1 for the whole image; optional) are the targets.
 
         Returns:
             dict[str, Tensor] of losses in training; else a list, per input, of
@@ -115,7 +119,7 @@ class VCRHead(nn.Module):
         if any(n != batch.num_choices[0] for n in batch.num_choices):
             raise ValueError("all inputs of a training batch must have the same number of choices")
         logits = torch.stack(per_input)  # (B, K)
-        labels = batch.labels
+        labels = torch.tensor([int(x.get("label", -1)) for x in batch.inputs], device=logits.device)
         if (labels < 0).any():
             raise ValueError("training inputs need a label (answer_label / rationale_label)")
         if self.loss == "bce":
@@ -132,14 +136,24 @@ class VCRHead(nn.Module):
         # Targets per sequence (the official ``objects[box_mask]`` repeated over the choices):
         # class + 1 for objects, 0 (background) for the whole image, ignored for padding and
         # for RoIs without a class.
-        classes = batch.object_classes[batch.seq_to_input]  # (S, N)
+        classes = _object_classes(batch)[batch.seq_to_input]  # (S, N)
         target = torch.where(classes >= -1, classes + 1, torch.full_like(classes, -100))
         logits = self.roi_classifier(outputs.objects)  # (S, N, C + 1)
         if (target >= 0).any():
             return F.cross_entropy(logits.flatten(0, 1), target.flatten(), ignore_index=-100)
-        # Keep the classifier in the graph (DistributedDataParallel expects every parameter
-        # to receive a gradient on every rank).
-        return logits.sum() * 0.0
+        return keep_alive(logits)  # no classified RoI: a zero that keeps the classifier (DDP)
+
+
+def _object_classes(batch):
+    """(B, N) class of every RoI slot from the inputs' ``object_classes``: -1 for the whole image
+    (background), -100 for padding and for inputs that give no classes."""
+    mask = batch.object_mask.bool()
+    classes = torch.full(mask.shape, -100, dtype=torch.long, device=mask.device)
+    counts = mask.sum(1).tolist()
+    classes[mask] = torch.cat([
+        x["object_classes"] if "object_classes" in x else torch.full((c,), -100, dtype=torch.long)
+        for x, c in zip(batch.inputs, counts)]).to(mask.device)
+    return classes
 
 
 def _init_linears(module):
@@ -382,7 +396,7 @@ class PretrainHead(nn.Module):
                         c["mlm_correct"], c["mlm_total"] = h, n
             else:
                 # Nothing masked: a zero loss that keeps the head in the graph (DDP).
-                loss = self.mlm_logits(outputs.text[:1, 0], batch.word_embeddings).sum() * 0.0
+                loss = keep_alive(self.mlm_logits(outputs.text[:1, 0], batch.word_embeddings))
                 for c in counts:
                     c["mlm_correct"], c["mlm_total"] = 0, 0
             losses["loss_mlm_text" if batch.text_only else "loss_mlm"] = loss
@@ -399,7 +413,7 @@ class PretrainHead(nn.Module):
                     for c, h, n in zip(counts, hits, chosen.sum(1).tolist()):
                         c["mvrc_correct"], c["mvrc_total"] = h, n
             else:
-                loss = self.mvrc_classifier(self.mvrc_transform(outputs.objects[:1, 0])).sum() * 0.0
+                loss = keep_alive(self.mvrc_classifier(self.mvrc_transform(outputs.objects[:1, 0])))
                 for c in counts:
                     c["mvrc_correct"], c["mvrc_total"] = 0, 0
             losses["loss_mvrc"] = loss

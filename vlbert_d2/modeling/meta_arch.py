@@ -1,4 +1,9 @@
-"""VL-BERT as a detectron2 meta-architecture: one model, many tasks (the head differs)."""
+"""VL-BERT as a detectron2 meta-architecture: one model, many tasks (the head differs).
+
+:class:`VLBERT` runs the fine-tuning tasks; :class:`VLBERTPretrain` extends it with what only
+pre-training needs (as detectron2's ``PanopticFPN`` extends ``GeneralizedRCNN``). Which one a task
+runs in is its row of :mod:`vlbert_d2.tasks` (``MODEL.META_ARCHITECTURE``).
+"""
 import logging
 from dataclasses import dataclass
 from typing import List
@@ -12,8 +17,10 @@ from detectron2.modeling import META_ARCH_REGISTRY
 from detectron2.structures import Boxes, ImageList
 
 from ..checkpoint.detector import load_detector_weights
+from ..tasks import task_of_head
 from ..text.tokenizer import build_tokenizer
 from .bert import build_bert
+from .ddp import keep_alive
 from .heads import build_vlbert_head
 from .visual import RegionFeatureExtractor, VisualFusion
 from .vl_bert import VisualLinguisticBert
@@ -21,24 +28,24 @@ from .vl_bert import VisualLinguisticBert
 
 @dataclass
 class VLBertBatch:
-    """What a head may need besides the transformer outputs, for a batch of B inputs.
+    """The layout of a batch of B inputs, for the head (beside the transformer outputs).
+
+    Heads get their targets one way: from ``inputs``, the mapper's dicts (``label``,
+    ``object_classes``, ``answer_target``, ``region_labels``, ``mlm_labels``...); this holds only
+    how those inputs are laid out in the transformer's outputs.
 
     Attributes:
         num_choices (list[int]): number of text sequences of each input (S = their sum).
         seq_to_input (LongTensor): (S,) index of the input each sequence belongs to.
-        labels (LongTensor): (B,) the input's label, -1 when unknown.
-        object_classes (LongTensor): (B, N) class of every RoI slot: -1 for the whole image
-            (background), -100 for padding and for inputs that give no classes.
-        object_mask (LongTensor): (B, N) 1 for real RoI slots, 0 for padding.
-        inputs (list[dict]): the mapper's input dicts, for task-specific fields (targets).
+        object_mask (LongTensor): (B, N) 1 for real RoI slots (input i's RoIs first, in order),
+            0 for padding.
+        inputs (list[dict]): the mapper's input dicts: the task's fields and targets.
         text_only (bool): the inputs have no image (pre-training's text corpus).
         word_embeddings (Tensor): (V, H) BERT's word-embedding matrix (tied MLM decoder).
     """
 
     num_choices: List[int]
     seq_to_input: torch.Tensor
-    labels: torch.Tensor
-    object_classes: torch.Tensor
     object_mask: torch.Tensor = None
     inputs: List[dict] = None
     text_only: bool = False
@@ -62,35 +69,32 @@ class VLBERT(nn.Module):
       boxes refer to;
     * ``boxes``: (N, 4) RoIs (x1, y1, x2, y2) in pixels of ``image``, RoI 0 being the whole image;
     * ``masks`` (optional): (N, M, M) soft instance masks of the RoIs in box coordinates;
-    * ``object_classes`` (optional): (N,) class of each RoI, -1 for the whole image;
     * ``input_ids``, ``token_type_ids``, ``text_mask``, ``text_tags``: (K, L) the K text
       sequences (e.g. one per answer choice); ``text_tags`` is the RoI whose visual feature a
       token carries (0: the whole image);
-    * ``label`` (optional): int;
-    * pre-training: ``mvrc_masked`` (N,) bool, the RoIs whose [IMG] token becomes the learned
-      [MASK] one (and, with precomputed features, whose feature becomes a learned vector).
+    * the task's targets, which only its head reads (e.g. ``label``: int and
+      ``object_classes``: (N,) class of each RoI, -1 for the whole image, for VCR).
 
-    Inputs without ``boxes`` are text only (pre-training's text corpus): they have no RoI
-    (only the [END] element follows the words), and every word's visual feature embedding is one
-    learned vector. A batch may mix both kinds; each kind goes through the transformer
-    separately and the head sees each.
+    Pre-training's inputs (masked RoIs, text-only inputs) are :class:`VLBERTPretrain`'s.
     """
 
     @configurable
-    def __init__(self, *, region_extractor, fusion, vl_bert, head, pixel_mean, pixel_std,
-                 pretrain_embeddings=None, fixed_pad=(0, 0)):
+    def __init__(self, *, region_extractor, fusion, vl_bert, head, pixel_mean, pixel_std, fixed_pad=(0, 0)):
         super().__init__()
         self.fixed_pad = tuple(fixed_pad)
         self.region_extractor = region_extractor
         self.fusion = fusion
         self.vl_bert = vl_bert
         self.head = head
-        self.pretrain_embeddings = pretrain_embeddings
         self.register_buffer("pixel_mean", torch.tensor(pixel_mean).view(-1, 1, 1), False)
         self.register_buffer("pixel_std", torch.tensor(pixel_std).view(-1, 1, 1), False)
 
     @classmethod
     def from_config(cls, cfg):
+        task = task_of_head(cfg.MODEL.VLBERT.HEAD)
+        if task is not None and not issubclass(cls, META_ARCH_REGISTRY.get(task.meta_architecture)):
+            raise ValueError(f"MODEL.VLBERT.HEAD={task.head!r} (task {task.name!r}) runs in MODEL.META_ARCHITECTURE "
+                             f"{task.meta_architecture!r}, not {cls.__name__!r} (vlbert_d2/tasks.py)")
         region_extractor = RegionFeatureExtractor(cfg)
         if cfg.MODEL.VLBERT.DETECTOR_WEIGHTS:
             load_detector_weights(region_extractor, cfg.MODEL.VLBERT.DETECTOR_WEIGHTS)
@@ -114,17 +118,9 @@ class VLBERT(nn.Module):
         if cfg.MODEL.VLBERT.FEATURE_CACHE or cfg.MODEL.VLBERT.DETECTION_FEATURES:
             # Precomputed features: the CNN is not run, so it must not expect gradients (DDP).
             region_extractor.requires_grad_(False)
-        pretrain_embeddings = None
-        if cfg.MODEL.VLBERT.HEAD == "PretrainHead":
-            p = cfg.MODEL.VLBERT.PRETRAIN
-            precomputed = bool(cfg.MODEL.VLBERT.FEATURE_CACHE or cfg.MODEL.VLBERT.DETECTION_FEATURES)
-            pretrain_embeddings = PretrainEmbeddings(
-                vl_bert.hidden_size, region_extractor.out_channels, with_mask_token=p.WITH_MVRC,
-                with_text_only=p.TEXT_FRACTION > 0, with_masked_feature=p.WITH_MVRC and precomputed,
-                std=vl_bert.bert.config.initializer_range)
         return {"region_extractor": region_extractor, "fusion": fusion, "vl_bert": vl_bert,
                 "head": head, "pixel_mean": cfg.MODEL.PIXEL_MEAN, "pixel_std": cfg.MODEL.PIXEL_STD,
-                "pretrain_embeddings": pretrain_embeddings, "fixed_pad": cfg.MODEL.VLBERT.FIXED_PAD}
+                "fixed_pad": cfg.MODEL.VLBERT.FIXED_PAD}
 
     @property
     def device(self):
@@ -155,18 +151,40 @@ class VLBERT(nn.Module):
         """
         if all("features" in x for x in batched_inputs):
             features = torch.cat([x["features"] for x in batched_inputs]).to(self.device, torch.float32)
-            pe = self.pretrain_embeddings
-            if pe is not None and pe.masked_feature is not None and any("mvrc_masked" in x for x in batched_inputs):
-                # Masked RoIs' precomputed features are replaced by a learned vector (official).
-                masked = torch.cat([x.get("mvrc_masked", torch.zeros(len(x["boxes"]), dtype=torch.bool))
-                                    for x in batched_inputs]).to(self.device)
-                features = torch.where(masked[:, None], pe.masked_feature, features)
             return features, [tuple(x["image_size"]) for x in batched_inputs]
         if any("features" in x for x in batched_inputs):
             raise ValueError("a batch mixes inputs with and without precomputed features")
         images = self.preprocess_image(batched_inputs)
         masks = [x["masks"].to(self.device) if "masks" in x else None for x in batched_inputs]
         return self.region_extractor(images.tensor, [Boxes(b) for b in boxes], masks), images.image_sizes
+
+    def pack_text(self, batched_inputs):
+        """The text rows of every input, padded to one length on the model's device.
+
+        Returns:
+            dict with ``num_choices`` (list[int]), ``seq_to_input`` (S,), and (S, L)
+            ``input_ids``, ``token_type_ids``, ``text_mask``, and ``text_tags`` when the inputs
+            have them.
+        """
+        dev = self.device
+        num_choices = [x["input_ids"].shape[0] for x in batched_inputs]
+        packed = {"num_choices": num_choices,
+                  "seq_to_input": torch.repeat_interleave(torch.arange(len(batched_inputs), device=dev),
+                                                          torch.tensor(num_choices, device=dev))}
+        for key in ("input_ids", "token_type_ids", "text_mask", "text_tags"):
+            if all(key in x for x in batched_inputs):
+                packed[key] = _pad_stack([x[key] for x in batched_inputs]).to(dev)
+        return packed
+
+    def object_tokens(self, batched_inputs, masked_slots, seq_to_input):
+        """The token embedding of every RoI slot of every sequence, or None for [IMG] everywhere
+        (:class:`VLBERTPretrain` puts a learned [MASK] on masked RoIs).
+
+        Args:
+            masked_slots (callable): ``masked_slots(key)`` -> (B, N) bool, the RoI slots whose
+                input's ``key`` entry is True.
+        """
+        return None
 
     def encode(self, batched_inputs, output_attentions=False):
         """Run the visual side and the transformer over every text sequence of the batch.
@@ -192,42 +210,102 @@ class VLBERT(nn.Module):
         obj_mask = torch.zeros((B, N), dtype=torch.long, device=dev)
         obj_mask[roi_to_input, slot] = 1
 
-        num_choices = [x["input_ids"].shape[0] for x in batched_inputs]
-        seq_to_input = torch.repeat_interleave(torch.arange(B, device=dev),
-                                               torch.tensor(num_choices, device=dev))
-        input_ids = _pad_stack([x["input_ids"] for x in batched_inputs]).to(dev)
-        token_type_ids = _pad_stack([x["token_type_ids"] for x in batched_inputs]).to(dev)
-        text_mask = _pad_stack([x["text_mask"] for x in batched_inputs]).to(dev)
-        text_tags = _pad_stack([x["text_tags"] for x in batched_inputs]).to(dev)
+        text = self.pack_text(batched_inputs)
+        seq_to_input = text["seq_to_input"]
         obj_seq = obj[seq_to_input]  # (S, N, H)
         text_visual = torch.gather(
-            obj_seq, 1, text_tags[..., None].expand(-1, -1, obj_seq.shape[-1]))
+            obj_seq, 1, text["text_tags"][..., None].expand(-1, -1, obj_seq.shape[-1]))
 
-        object_tokens = None
-        if self.pretrain_embeddings is not None and self.pretrain_embeddings.mask_token is not None:
+        def masked_slots(key):
             masked = torch.zeros((B, N), dtype=torch.bool, device=dev)
             masked[roi_to_input, slot] = torch.cat([
-                x.get("mvrc_masked", torch.zeros(c, dtype=torch.bool)) for x, c in zip(batched_inputs, counts)]).to(dev)
-            # torch.where keeps the [MASK] token in the graph even when nothing is masked (DDP).
-            object_tokens = torch.where(masked[..., None], self.pretrain_embeddings.mask_token,
-                                        self.vl_bert.img_embedding)[seq_to_input]
-        outputs = self.vl_bert(input_ids, token_type_ids, text_mask, text_visual,
+                x.get(key, torch.zeros(c, dtype=torch.bool)) for x, c in zip(batched_inputs, counts)]).to(dev)
+            return masked
+
+        outputs = self.vl_bert(text["input_ids"], text["token_type_ids"], text["text_mask"], text_visual,
                                obj_seq, obj_mask[seq_to_input], output_attentions=output_attentions,
-                               object_tokens=object_tokens)
-        object_classes = torch.full((B, N), -100, dtype=torch.long, device=dev)
-        object_classes[roi_to_input, slot] = torch.cat([
-            x["object_classes"] if "object_classes" in x else torch.full((c,), -100, dtype=torch.long)
-            for x, c in zip(batched_inputs, counts)]).to(dev)
+                               object_tokens=self.object_tokens(batched_inputs, masked_slots, seq_to_input))
         batch = VLBertBatch(
-            num_choices=num_choices,
+            num_choices=text["num_choices"],
             seq_to_input=seq_to_input,
-            labels=torch.tensor([int(x.get("label", -1)) for x in batched_inputs], device=dev),
-            object_classes=object_classes,
             object_mask=obj_mask,
             inputs=batched_inputs,
             word_embeddings=self.vl_bert.word_embeddings.weight,
         )
         return outputs, batch
+
+    def run_head(self, outputs, batch, unused=()):
+        """The head's losses (training) or per-input results. In training, BERT's pooler, which
+        the VQA, RefCOCO+ and pre-training heads do not read, and the ``unused`` parameters stay
+        in the graph with a zero gradient (:func:`~vlbert_d2.modeling.ddp.keep_alive`)."""
+        out = self.head(outputs, batch)
+        if self.training and out:
+            key = next(iter(out))
+            out[key] = out[key] + keep_alive(outputs.pooled, *unused)
+        return out
+
+    def forward(self, batched_inputs):
+        """
+        Returns:
+            dict[str, Tensor] of losses in training; in inference a list with, per input (in
+            order), the head's result dict.
+        """
+        if any("boxes" not in x for x in batched_inputs):
+            raise ValueError("inputs without 'boxes' (text only) are pre-training's: they need "
+                             "MODEL.META_ARCHITECTURE 'VLBERTPretrain' with MODEL.VLBERT.PRETRAIN.TEXT_FRACTION > 0")
+        return self.run_head(*self.encode(batched_inputs))
+
+
+@META_ARCH_REGISTRY.register()
+class VLBERTPretrain(VLBERT):
+    """VL-BERT for pre-training (paper section 3.3; the "pretrain" task, ``PretrainHead``).
+
+    Besides :class:`VLBERT`'s inputs:
+
+    * ``mvrc_masked`` (N,) bool: the RoIs whose [IMG] token becomes the learned [MASK] one (and,
+      with precomputed features, whose feature becomes a learned vector);
+    * inputs without ``boxes`` are text only (pre-training's text corpus): they have no RoI
+      (only the [END] element follows the words), and every word's visual feature embedding is
+      one learned vector. A batch may mix both kinds; each kind goes through the transformer
+      separately and the head sees each.
+
+    Its parameters are :class:`VLBERT`'s and ``pretrain_embeddings`` (:class:`PretrainEmbeddings`),
+    under the same state-dict keys as before the split.
+    """
+
+    @configurable
+    def __init__(self, *, pretrain_embeddings, **kwargs):
+        super().__init__(**kwargs)
+        self.pretrain_embeddings = pretrain_embeddings
+
+    @classmethod
+    def from_config(cls, cfg):
+        ret = super().from_config(cfg)
+        p = cfg.MODEL.VLBERT.PRETRAIN
+        precomputed = bool(cfg.MODEL.VLBERT.FEATURE_CACHE or cfg.MODEL.VLBERT.DETECTION_FEATURES)
+        ret["pretrain_embeddings"] = PretrainEmbeddings(
+            ret["vl_bert"].hidden_size, ret["region_extractor"].out_channels, with_mask_token=p.WITH_MVRC,
+            with_text_only=p.TEXT_FRACTION > 0, with_masked_feature=p.WITH_MVRC and precomputed,
+            std=ret["vl_bert"].bert.config.initializer_range)
+        return ret
+
+    def region_features(self, batched_inputs, boxes):
+        features, image_sizes = super().region_features(batched_inputs, boxes)
+        pe = self.pretrain_embeddings
+        if (pe.masked_feature is not None and all("features" in x for x in batched_inputs)
+                and any("mvrc_masked" in x for x in batched_inputs)):
+            # Masked RoIs' precomputed features are replaced by a learned vector (official).
+            masked = torch.cat([x.get("mvrc_masked", torch.zeros(len(x["boxes"]), dtype=torch.bool))
+                                for x in batched_inputs]).to(self.device)
+            features = torch.where(masked[:, None], pe.masked_feature, features)
+        return features, image_sizes
+
+    def object_tokens(self, batched_inputs, masked_slots, seq_to_input):
+        if self.pretrain_embeddings.mask_token is None:
+            return None
+        # torch.where keeps the [MASK] token in the graph even when nothing is masked (DDP).
+        return torch.where(masked_slots("mvrc_masked")[..., None], self.pretrain_embeddings.mask_token,
+                           self.vl_bert.img_embedding)[seq_to_input]
 
     def encode_text_only(self, batched_inputs, output_attentions=False):
         """The transformer over text-only inputs: every word's visual feature embedding is the
@@ -240,40 +318,25 @@ class VLBERT(nn.Module):
             (VLBertOutput, VLBertBatch)
         """
         pe = self.pretrain_embeddings
-        if pe is None or pe.text_only_visual is None:
-            raise ValueError("inputs without 'boxes' (text only) need MODEL.VLBERT.HEAD 'PretrainHead' "
-                             "with MODEL.VLBERT.PRETRAIN.TEXT_FRACTION > 0")
+        if pe.text_only_visual is None:
+            raise ValueError("inputs without 'boxes' (text only) need MODEL.VLBERT.PRETRAIN.TEXT_FRACTION > 0")
         dev = self.device
-        num_choices = [x["input_ids"].shape[0] for x in batched_inputs]
-        B = len(batched_inputs)
-        input_ids = _pad_stack([x["input_ids"] for x in batched_inputs]).to(dev)
-        token_type_ids = _pad_stack([x["token_type_ids"] for x in batched_inputs]).to(dev)
-        text_mask = _pad_stack([x["text_mask"] for x in batched_inputs]).to(dev)
+        text = self.pack_text(batched_inputs)
+        input_ids, text_mask = text["input_ids"], text["text_mask"]
         text_visual = pe.text_only_visual.expand(*input_ids.shape, -1)
         # Zero RoIs (not None): the sequence is [text | END].
         no_objects = text_visual.new_zeros((input_ids.shape[0], 0, text_visual.shape[-1]))
-        outputs = self.vl_bert(input_ids, token_type_ids, text_mask, text_visual, no_objects,
+        outputs = self.vl_bert(input_ids, text["token_type_ids"], text_mask, text_visual, no_objects,
                                text_mask.new_zeros((input_ids.shape[0], 0)),
                                output_attentions=output_attentions)
         batch = VLBertBatch(
-            num_choices=num_choices,
-            seq_to_input=torch.repeat_interleave(torch.arange(B, device=dev), torch.tensor(num_choices, device=dev)),
-            labels=torch.tensor([int(x.get("label", -1)) for x in batched_inputs], device=dev),
-            object_classes=torch.zeros((B, 0), dtype=torch.long, device=dev),
-            object_mask=torch.zeros((B, 0), dtype=torch.long, device=dev),
+            num_choices=text["num_choices"],
+            seq_to_input=text["seq_to_input"],
+            object_mask=torch.zeros((len(batched_inputs), 0), dtype=torch.long, device=dev),
             inputs=batched_inputs, text_only=True,
             word_embeddings=self.vl_bert.word_embeddings.weight,
         )
         return outputs, batch
-
-    def _run_head(self, outputs, batch):
-        out = self.head(outputs, batch)
-        if self.training and out:
-            # Heads that do not read BERT's pooler (VQA, RefCOCO+, pre-training) keep it in the
-            # graph with a zero gradient: DistributedDataParallel expects one for every parameter.
-            key = next(iter(out))
-            out[key] = out[key] + 0.0 * outputs.pooled.sum()
-        return out
 
     def forward(self, batched_inputs):
         """
@@ -283,19 +346,14 @@ class VLBERT(nn.Module):
         """
         text_only = [i for i, x in enumerate(batched_inputs) if "boxes" not in x]
         if not text_only:
-            out = self._run_head(*self.encode(batched_inputs))
-            pe = self.pretrain_embeddings
-            if self.training and pe is not None and pe.text_only_visual is not None and out:
-                # No text-only input in this batch: keep the vector in the graph with a zero
-                # gradient (DistributedDataParallel expects every parameter to get one).
-                key = next(iter(out))
-                out[key] = out[key] + 0.0 * pe.text_only_visual.sum()
-            return out
+            # No text-only input in this batch: the text-only vector stays in the graph (DDP).
+            tov = self.pretrain_embeddings.text_only_visual
+            return self.run_head(*self.encode(batched_inputs), unused=() if tov is None else (tov,))
         visual = [i for i, x in enumerate(batched_inputs) if "boxes" in x]
         results = []
         for group, encode in ((visual, self.encode), (text_only, self.encode_text_only)):
             if group:
-                results.append((group, self._run_head(*encode([batched_inputs[i] for i in group]))))
+                results.append((group, self.run_head(*encode([batched_inputs[i] for i in group]))))
         if self.training:
             losses = {}
             for _, group_losses in results:

@@ -109,22 +109,56 @@ def draw_answer(image_rgb, boxes, prediction):
         ndarray (H, W, 3) uint8 RGB.
     """
     task = prediction["task"]
-    if task == "vqa":
-        lines = [f"Q: {prediction['question']}", f"A: {prediction['answer']}"] + [
-            f"  {a}: {s:.2f}" for a, s in prediction["top_k"]]
-        return draw_prediction(image_rgb, boxes, lines)
-    if task == "refcoco":
-        region = prediction["region"]
-        best = "the whole image" if region is None else f"region {region}"
-        return draw_prediction(image_rgb, boxes, [f"\"{prediction['expression']}\"", f"-> {best}"],
-                               chosen=region, scores=prediction["scores"][1:].tolist())
-    if task == "vcr":
-        best = prediction["answer"]
-        lines = [f"Q: {prediction['question']}"] + [
-            f"{'>' if k == best else ' '} {_text(c)}: {float(s):.2f}"
-            for k, (c, s) in enumerate(zip(prediction["choices"], prediction["scores"]))]
-        return draw_prediction(image_rgb, boxes, lines, chosen=prediction["mentioned"])
-    raise ValueError(f"no drawing for task {task!r}")
+    if task not in DRAWINGS:
+        raise ValueError(f"no drawing for task {task!r} (register one with register_drawing)")
+    return DRAWINGS[task](image_rgb, boxes, prediction)
+
+
+# The demo's picture of each task's answer: task name (vlbert_d2/tasks.py) -> draw(image_rgb,
+# boxes, prediction) -> (H, W, 3) uint8 RGB; and the JSON summary of the answer tools/demo.py
+# writes: task name -> summary(prediction) -> dict.
+DRAWINGS = {}
+SUMMARIES = {}
+
+
+def register_drawing(task_name, draw, summary):
+    """Register how the demo draws and summarises the answers of the task ``task_name``:
+    ``draw(image_rgb, boxes, prediction)`` -> RGB picture, ``summary(prediction)`` -> a
+    JSON-serialisable dict."""
+    DRAWINGS[task_name], SUMMARIES[task_name] = draw, summary
+
+
+def summarize_answer(prediction):
+    """The JSON-serialisable summary of a predictor answer (the demo's line per image)."""
+    return SUMMARIES[prediction["task"]](prediction)
+
+
+def _draw_vqa(image_rgb, boxes, prediction):
+    lines = [f"Q: {prediction['question']}", f"A: {prediction['answer']}"] + [
+        f"  {a}: {s:.2f}" for a, s in prediction["top_k"]]
+    return draw_prediction(image_rgb, boxes, lines)
+
+
+def _draw_refcoco(image_rgb, boxes, prediction):
+    region = prediction["region"]
+    best = "the whole image" if region is None else f"region {region}"
+    return draw_prediction(image_rgb, boxes, [f"\"{prediction['expression']}\"", f"-> {best}"],
+                           chosen=region, scores=prediction["scores"][1:].tolist())
+
+
+def _draw_vcr(image_rgb, boxes, prediction):
+    best = prediction["answer"]
+    lines = [f"Q: {prediction['question']}"] + [
+        f"{'>' if k == best else ' '} {_text(c)}: {float(s):.2f}"
+        for k, (c, s) in enumerate(zip(prediction["choices"], prediction["scores"]))]
+    return draw_prediction(image_rgb, boxes, lines, chosen=prediction["mentioned"])
+
+
+register_drawing("vqa", _draw_vqa,
+                 lambda p: {"answer": p["answer"], "top_k": [[a, s] for a, s in p["top_k"]]})
+register_drawing("refcoco", _draw_refcoco, lambda p: {"index": p["index"], "box": p["box"]})
+register_drawing("vcr", _draw_vcr, lambda p: {"answer": p["answer"], "scores": p["scores"].tolist(),
+                                              "objects": p["mentioned"]})
 
 
 def _text(tokens):

@@ -49,17 +49,19 @@ from typing import Tuple
 
 from detectron2.data import DatasetCatalog, MetadataCatalog
 
+from ...tasks import get_task
 from ...text import count_answer_vocab, normalize_answer, soft_scores
 from ...utils.files import ZIP_SEPARATOR, atomic_write, iter_json_lines, path_exists, read_bytes
 from ..detections import DetectionFormatError, encode_detection, read_detection
 
 logger = logging.getLogger(__name__)
 
-# kind -> (the head it trains, the evaluator_type of its metadata, the field that makes it)
+# kind -> (the task it trains (vlbert_d2/tasks.py: its head, and the evaluator_type of the
+# dataset's metadata), the field that makes it)
 KINDS = {
-    "answer": ("VQAHead", "vqa", "answer"),
-    "choice": ("VCRHead", "vcr", "choices"),
-    "box": ("RefCOCOHead", "refcoco", "box"),
+    "answer": ("vqa", "answer"),
+    "choice": ("vcr", "choices"),
+    "box": ("refcoco", "box"),
 }
 DEFAULT_OBJECT_NAME = "object"
 # VQA's accuracy compares a prediction with 10 human answers; one given answer counts 10 times
@@ -113,7 +115,7 @@ def _text(value, where, field):
 def _kind_of(record):
     """The kind a record's fields make it ("answer" also for a record without a label)."""
     for kind in ("choice", "box"):
-        if KINDS[kind][2] in record:
+        if KINDS[kind][1] in record:
             return kind
     return "answer"
 
@@ -311,7 +313,7 @@ def load_generic(jsonl_file, image_root=None, kind=None, detections=None, add_ta
         if kind is None:
             kind = _kind_of(record)
             first["kind"] = line
-        field = KINDS[kind][2]
+        field = KINDS[kind][1]
         if kind != "answer" and field not in record:
             raise GenericFormatError(f"{where}: missing field '{field}' (a file of {kind} records)")
         for other_field, other in _LABEL_FIELDS:
@@ -532,7 +534,7 @@ def register_generic_dataset(name, jsonl_file, image_root=None, *, kind=None, de
         raise ValueError(f"kind must be one of {sorted(KINDS)}, got {kind!r}")
     image_root = (os.path.dirname(jsonl_file) or ".") if image_root is None else image_root
     meta = {"json_file": jsonl_file, "image_root": image_root, "generic_jsonl": jsonl_file,
-            "generic_kind": kind, "evaluator_type": KINDS[kind][1]}
+            "generic_kind": kind, "evaluator_type": get_task(KINDS[kind][0]).name}
     if detections is not None:
         meta["detection_root"] = detections
     if kind == "answer":
@@ -599,7 +601,7 @@ def register_generic_from_cfg(cfg):
     Returns:
         list[str]: the names registered.
     """
-    head_kind = {head: kind for kind, (head, _, _) in KINDS.items()}.get(cfg.MODEL.VLBERT.HEAD)
+    head_kind = {get_task(task).head: kind for kind, (task, _) in KINDS.items()}.get(cfg.MODEL.VLBERT.HEAD)
     entries = []
     for i, entry in enumerate(cfg.DATASETS.GENERIC):
         name, path, options = parse_generic_entry(entry, f"DATASETS.GENERIC[{i}]")
@@ -631,9 +633,10 @@ def check_generic_head(cfg):
         kind = MetadataCatalog.get(name).get("generic_kind", None)
         if kind is None:
             continue
-        if KINDS[kind][0] != head:
+        wanted = get_task(KINDS[kind][0]).head
+        if wanted != head:
             raise ValueError(f"dataset '{name}' holds {kind} records, for MODEL.VLBERT.HEAD "
-                             f"{KINDS[kind][0]}; the config's head is {head}")
+                             f"{wanted}; the config's head is {head}")
         vcr = cfg.MODEL.VLBERT.VCR
         if kind == "choice":
             if vcr.TASK != "Q2A":
