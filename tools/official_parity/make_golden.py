@@ -1,6 +1,6 @@
 #!/usr/bin/env python
 """Golden outputs of the official VL-BERT code (github jackroos/VL-BERT), for
-``tests/test_official_parity.py``.
+``tests/fidelity/test_official_parity.py``.
 
 Runs the official implementation from a user's own clone (nothing of it is copied into this
 project), at small sizes on CPU, and writes small test data: the official state-dict keys and
@@ -10,7 +10,7 @@ list and the seeds.
 
     git clone https://github.com/jackroos/VL-BERT /tmp/VL-BERT   # or any checkout of it
     .venv/bin/python tools/official_parity/make_golden.py --official-repo /tmp/VL-BERT \\
-        --output tests/data/official_golden
+        --output tests/fixtures/official_golden
 
 Needs only torch and torchvision (the project's virtualenv has them) and PyYAML. The official
 code's other imports are replaced, inside this process only, by stand-ins:
@@ -559,7 +559,7 @@ def official_commit(repo):
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--official-repo", required=True, help="a checkout of github.com/jackroos/VL-BERT")
-    parser.add_argument("--output", required=True, help="folder to write (e.g. tests/data/official_golden)")
+    parser.add_argument("--output", required=True, help="folder to write (e.g. tests/fixtures/official_golden)")
     parser.add_argument("--tasks", nargs="+", default=list(RUNNERS), choices=list(RUNNERS))
     parser.add_argument("--official-commit", help="the official commit to record when --official-repo is "
                         "not a git checkout (e.g. a `git archive` export)")

@@ -19,7 +19,7 @@ from .vqa_mapper import VQADatasetMapper
 
 # The object classes of the synthetic scenes (projects/SyntheticVL writes the datasets; its
 # synthetic_vl.SHAPES): data here, so that the library does not import the project.
-# tests/test_synthetic.py checks that the two agree.
+# tests/projects/test_synthetic.py checks that the two agree.
 SYNTHETIC_CLASSES = ("ball", "box", "kite")
 
 # (name, directory under the datasets root, split, object classes or None for VCR's)

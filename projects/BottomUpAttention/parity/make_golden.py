@@ -3,12 +3,12 @@
 
 Runs the port (github airsplay/py-bottom-up-attention, a detectron2 v0.1 fork) from a user's
 clone, on seeded weights in its own layout, on a small synthetic image, and writes what
-``tests/test_bua_parity.py`` compares this project's detector with. No code of the port is
+``tests/fidelity/test_bua_parity.py`` compares this project's detector with. No code of the port is
 copied: it is imported from ``--port-repo``, in this process only (its package is also named
 ``detectron2``, so this script must not import this project's ``bua`` or ``vlbert_d2``).
 
     python projects/BottomUpAttention/parity/make_golden.py --port-repo /tmp/py-bottom-up-attention \\
-        --output tests/data/bua_golden [--port-commit SHA] [--seed 0]
+        --output tests/fixtures/bua_golden [--port-commit SHA] [--seed 0]
 
 Up to three stand-ins let the unmodified port run with a current Python and PyTorch; none
 changes a number:
@@ -380,7 +380,7 @@ def main(argv=None):
     np.savez_compressed(os.path.join(args.output, "golden.npz"), **golden)
     meta = {
         "what": "golden outputs of the public detectron2 port of the bottom-up-attention detector "
-                "(projects/BottomUpAttention/parity/make_golden.py); tests/test_bua_parity.py",
+                "(projects/BottomUpAttention/parity/make_golden.py); tests/fidelity/test_bua_parity.py",
         "port": {"repository": "github.com/airsplay/py-bottom-up-attention", "commit": commit,
                  "config": seeded.PORT_CONFIG, "opts": [str(x) for x in seeded.port_opts()],
                  "full_forward": full_forward, "compiled_ops": compiled_ops,

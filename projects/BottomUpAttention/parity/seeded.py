@@ -1,7 +1,7 @@
 """Seeded weights, input image and digests shared by the two sides of the parity check.
 
 ``make_golden.py`` imports this module in a process where ``detectron2`` is the public port
-(airsplay/py-bottom-up-attention, a detectron2 v0.1 fork); ``tests/test_bua_parity.py`` imports it
+(airsplay/py-bottom-up-attention, a detectron2 v0.1 fork); ``tests/fidelity/test_bua_parity.py`` imports it
 where ``detectron2`` is this project's v0.6. It therefore needs numpy only.
 
 Every tensor of the port's state dict is drawn from its own ``numpy.random.RandomState`` (whose

@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from conftest import REPO
-from test_train_net import copypaste_metrics, run
+from conftest import copypaste_metrics, run
 
 TINY_VQA = os.path.join(REPO, "configs", "quick_schedules", "VLBERT-Tiny-SyntheticVQA.yaml")
 TINY_REF = os.path.join(REPO, "configs", "quick_schedules", "VLBERT-Tiny-SyntheticRefCOCO+.yaml")

@@ -11,7 +11,7 @@ import pytest
 import torch
 
 from conftest import REPO, TINY_YAML
-from test_train_net import TRAIN_NET
+from conftest import TRAIN_NET
 
 # Dropout on (the tiny config's default), so the random draws matter; 12 iterations of 2.
 COMMON = ["MODEL.VLBERT.NUM_LAYERS", "1", "SOLVER.IMS_PER_BATCH", "2", "SOLVER.MAX_ITER", "12",

@@ -12,7 +12,7 @@ import pytest
 import torch
 
 from conftest import REPO, TINY_YAML
-from test_train_net import run
+from conftest import run
 
 
 class _RunsACommand:
@@ -109,7 +109,6 @@ def test_official_checkpoint_converter(tmp_path):
 
 @pytest.mark.parametrize("kind", ["pkl", "pth", "pyth"])
 def test_checkpointers_of_the_library_and_the_detector_project(kind, tmp_path):
-    sys.path.insert(0, os.path.join(REPO, "projects", "BottomUpAttention"))
     from bua import BottomUpCheckpointer
 
     from vlbert_d2.checkpoint import CheckpointError, VLBertCheckpointer

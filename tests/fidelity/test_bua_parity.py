@@ -1,7 +1,7 @@
 """projects/BottomUpAttention against the public detectron2 port of the bottom-up-attention
 detector (github airsplay/py-bottom-up-attention), on the same seeded weights and image.
 
-``tests/data/bua_golden`` holds what the port computed (``projects/BottomUpAttention/parity/
+``tests/fixtures/bua_golden`` holds what the port computed (``projects/BottomUpAttention/parity/
 make_golden.py`` ran it from a clone; see its docstring for the three import stand-ins and why
 its steps are those of its feature-extraction demo): the key list of its state dict, the seed
 and the per-layer calibration scalars the weights are rebuilt from, and its outputs. No weights
@@ -26,13 +26,12 @@ import torch
 from conftest import REPO
 
 PROJECT = os.path.join(REPO, "projects", "BottomUpAttention")
-sys.path.insert(0, PROJECT)
 sys.path.insert(0, os.path.join(PROJECT, "parity"))
 
 import bua  # noqa: E402
 import seeded  # noqa: E402
 
-GOLDEN = os.path.join(REPO, "tests", "data", "bua_golden")
+GOLDEN = os.path.join(REPO, "tests", "fixtures", "bua_golden")
 CONFIG = os.path.join(PROJECT, seeded.PROJECT_CONFIG)
 ANCHORS = "proposal_generator.anchor_generator.cell_anchors.0"
 RTOL = 1e-5

@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from conftest import REPO, TINY_YAML
-from test_train_net import TRAIN_NET
+from conftest import TRAIN_NET
 
 OPTS = ["MODEL.VLBERT.NUM_LAYERS", "1",
         # A small random BERT built from the keys below, so that its dropout can be switched off.

@@ -1,5 +1,5 @@
 """Conversion of official VL-BERT checkpoints, on state dicts with the exact official names and
-shapes (tests/data holds the key list of the official pre-trained VL-BERT-Base end-to-end model)
+shapes (tests/fixtures holds the key list of the official pre-trained VL-BERT-Base end-to-end model)
 and random values."""
 import os
 import subprocess
@@ -11,7 +11,7 @@ import torch
 from conftest import REPO
 from vlbert_d2.checkpoint import ConversionError, convert_official_state_dict
 
-KEYS = os.path.join(os.path.dirname(__file__), "data", "official_vl-bert-base-e2e-pretrain_keys.txt")
+KEYS = os.path.join(REPO, "tests", "fixtures", "official_vl-bert-base-e2e-pretrain_keys.txt")
 
 
 def official_layout():

@@ -13,7 +13,7 @@ import torch
 import torch.nn.functional as F
 
 from conftest import MINILM, REPO
-from test_train_net import run
+from conftest import run
 
 TINY_PRETRAIN = os.path.join(REPO, "configs", "quick_schedules", "VLBERT-Tiny-SyntheticPretrain.yaml")
 TINY_VQA = os.path.join(REPO, "configs", "quick_schedules", "VLBERT-Tiny-SyntheticVQA.yaml")

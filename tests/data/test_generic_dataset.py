@@ -10,7 +10,7 @@ import sys
 import pytest
 
 from conftest import REPO
-from test_train_net import copypaste_metrics, run
+from conftest import copypaste_metrics, run
 
 DOC = os.path.join(REPO, "docs", "custom_datasets.md")
 CONFIGS = {kind: os.path.join(REPO, "configs", "quick_schedules",

@@ -2,29 +2,13 @@
 --eval-only on the saved checkpoint; and the command-line errors a user meets first."""
 import json
 import os
-import re
 import subprocess
 import sys
 
 import pytest
 
-from conftest import REPO, TINY_YAML
+from conftest import REPO, TINY_YAML, copypaste_metrics, run
 
-TRAIN_NET = os.path.join(REPO, "tools", "train_net.py")
-
-
-def run(args, datasets_root, timeout=300):
-    env = dict(os.environ, DETECTRON2_DATASETS=str(datasets_root), OMP_NUM_THREADS="1")
-    return subprocess.run([sys.executable, TRAIN_NET, *args], cwd=REPO, env=env, timeout=timeout,
-                          capture_output=True, text=True)
-
-
-def copypaste_metrics(stdout):
-    """The last metrics table detectron2 printed: {name: value}."""
-    lines = re.findall(r"copypaste: (.*)", stdout)
-    assert len(lines) >= 3, stdout[-3000:]
-    names, values = lines[-2].split(","), [float(v) for v in lines[-1].split(",")]
-    return dict(zip(names, values))
 
 
 @pytest.fixture(scope="module")

@@ -7,7 +7,6 @@ import importlib.util
 import json
 import os
 import shutil
-import sys
 
 import cv2
 import numpy as np
@@ -16,7 +15,6 @@ import torch
 
 from conftest import REPO
 
-sys.path.insert(0, os.path.join(REPO, "projects", "BottomUpAttention"))
 
 import bua  # noqa: E402
 from bua.extraction import extract_regions, list_folder_images, plan_outputs  # noqa: E402

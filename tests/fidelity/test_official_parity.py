@@ -1,6 +1,6 @@
 """Parity with the official VL-BERT implementation (github jackroos/VL-BERT), on golden outputs
 that its own code produced (``tools/official_parity/make_golden.py``; the data and how it was made:
-``tests/data/official_golden/README.md``). The official code is not needed here.
+``tests/fixtures/official_golden/README.md``). The official code is not needed here.
 
 For each task (VCR Q->A with the RoI classification head, VQA, RefCOCO+, pre-training) the test
 rebuilds the official model's state dict from the key list and the seed (the fill rule of
@@ -37,7 +37,7 @@ import torch
 
 from conftest import REPO
 
-GOLDEN = os.path.join(os.path.dirname(__file__), "data", "official_golden")
+GOLDEN = os.path.join(REPO, "tests", "fixtures", "official_golden")
 sys.path.insert(0, os.path.join(REPO, "tools", "official_parity"))
 import golden_spec as spec  # noqa: E402
 

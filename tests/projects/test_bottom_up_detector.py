@@ -4,7 +4,6 @@ malicious one), the region selection of Anderson et al., the attribute head, and
 records it writes. Random weights, tiny sizes: fast on a CPU."""
 import os
 import pickle
-import sys
 
 import numpy as np
 import pytest
@@ -12,7 +11,6 @@ import torch
 
 from conftest import REPO
 
-sys.path.insert(0, os.path.join(REPO, "projects", "BottomUpAttention"))
 
 import bua  # noqa: E402
 from bua.testing import TINY_OPTS, calibrate_frozen_norms  # noqa: E402
