@@ -40,6 +40,10 @@ def add_vlbert_config(cfg):
     _C.MODEL.VLBERT.MAX_POSITION_EMBEDDINGS = 512
     _C.MODEL.VLBERT.HIDDEN_DROPOUT = 0.1
     _C.MODEL.VLBERT.ATTENTION_DROPOUT = 0.1
+    # The transformer's attention: "sdpa" (PyTorch's fused scaled-dot-product attention, the fast
+    # one on GPUs) or "eager" (transformers' matmul-softmax-matmul). Attention maps are computed
+    # with the eager one whatever is chosen (the demo, the Predictor's attention=True).
+    _C.MODEL.VLBERT.ATTENTION_IMPL = "sdpa"
     # Initial weight of the two visual LayerNorms (text-side and object-side). 0 makes the text
     # side of the embedding exactly BERT's at initialisation (official choice).
     _C.MODEL.VLBERT.VISUAL_LN_INIT = 0.0

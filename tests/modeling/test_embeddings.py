@@ -259,7 +259,7 @@ def test_text_only_outputs_equal_pretrained_bert(minilm_pair, tokenizer):
 def test_build_bert_keeps_first_layers(minilm_dir):
     bert = build_bert(make_cfg(MODEL__VLBERT__BERT_NAME=MINILM, MODEL__VLBERT__NUM_LAYERS=2), 0)
     assert len(bert.encoder.layer) == 2 and bert.config.num_hidden_layers == 2
-    assert bert.config._attn_implementation == "eager"
+    assert bert.config._attn_implementation == "sdpa"  # MODEL.VLBERT.ATTENTION_IMPL's default
 
 
 # --------------------------------------------------------------------------- resolve_pretrained

@@ -264,3 +264,30 @@ def test_roi_classification_targets_and_ddp_safe_zero_loss():
     assert zero.item() == 0.0
     zero.backward()
     assert all(p.grad is not None for p in head.roi_classifier.parameters())
+
+
+def test_fused_attention_by_default_equals_eager_and_still_gives_attention_maps(tiny_cfg, synthetic_dicts):
+    """MODEL.VLBERT.ATTENTION_IMPL: PyTorch's scaled-dot-product attention by default, the same
+    outputs as transformers' eager attention within float tolerance; attention maps asked for are
+    computed with the eager one, and the model goes back to the fused one afterwards."""
+    import copy
+
+    from vlbert_d2.data import build_vlbert_mapper
+    from vlbert_d2.modeling import VLBERT
+
+    assert tiny_cfg.MODEL.VLBERT.ATTENTION_IMPL == "sdpa"
+    torch.manual_seed(0)
+    model = VLBERT(tiny_cfg).eval()
+    assert model.vl_bert.bert.config._attn_implementation == "sdpa"
+    eager = copy.deepcopy(model)
+    eager.vl_bert.bert.set_attn_implementation("eager")
+    mapper = build_vlbert_mapper(tiny_cfg, is_train=False)
+    batch = [mapper(d) for d in synthetic_dicts["val"][:3]]
+    with torch.no_grad():
+        fused, reference = model(batch), eager(batch)
+        for a, b in zip(fused, reference):
+            torch.testing.assert_close(a["logits"], b["logits"], rtol=1e-5, atol=1e-6)
+        out = model.encode(batch, output_attentions=True)
+    attentions = out[0].attentions if isinstance(out, tuple) else out.attentions
+    assert attentions is not None and len(attentions) == tiny_cfg.MODEL.VLBERT.NUM_LAYERS
+    assert model.vl_bert.bert.config._attn_implementation == "sdpa"

@@ -24,11 +24,14 @@ def build_bert(cfg, vocab_size):
         vocab_size (int): vocabulary size of the tokenizer (for a randomly initialised BERT).
 
     Returns:
-        transformers.BertModel with pooler, eager attention (so attention maps can be returned).
+        transformers.BertModel with pooler and the attention of ``MODEL.VLBERT.ATTENTION_IMPL``
+        (the model switches to the eager one when attention maps are asked for).
     """
     c = cfg.MODEL.VLBERT
+    if c.ATTENTION_IMPL not in ("sdpa", "eager"):
+        raise ValueError(f"MODEL.VLBERT.ATTENTION_IMPL must be 'sdpa' or 'eager', got {c.ATTENTION_IMPL!r}")
     if c.BERT_NAME:
-        kwargs = {"attn_implementation": "eager"}
+        kwargs = {"attn_implementation": c.ATTENTION_IMPL}
         if c.NUM_LAYERS > 0:
             depth = from_pretrained(BertConfig, c.BERT_NAME).num_hidden_layers
             if c.NUM_LAYERS > depth:
@@ -51,7 +54,7 @@ def build_bert(cfg, vocab_size):
         attention_probs_dropout_prob=c.ATTENTION_DROPOUT,
         type_vocab_size=3,
     )
-    config._attn_implementation = "eager"
+    config._attn_implementation = c.ATTENTION_IMPL
     return BertModel(config, add_pooling_layer=True)
 
 

@@ -8,6 +8,7 @@ the text; a learned [END] element closes the sequence at the next position. Posi
 embeddings and the final LayerNorm are BERT's own (``BertEmbeddings`` adds them to
 ``inputs_embeds``), so for a text-only input the outputs are exactly BERT's.
 """
+import contextlib
 from dataclasses import dataclass
 from typing import Optional
 
@@ -15,6 +16,21 @@ import torch
 from torch import nn
 
 VISUAL_SEGMENT = 2  # segment C of the paper: the visual elements and [END]
+
+
+@contextlib.contextmanager
+def eager_attention(bert, needed):
+    """Run a block with BERT's eager attention when ``needed`` (attention maps asked for: PyTorch's
+    fused scaled-dot-product attention does not return them), then put back the one it had."""
+    current = bert.config._attn_implementation
+    if not needed or current == "eager":
+        yield
+        return
+    bert.set_attn_implementation("eager")
+    try:
+        yield
+    finally:
+        bert.set_attn_implementation(current)
 
 
 @dataclass
@@ -115,8 +131,9 @@ class VisualLinguisticBert(nn.Module):
             positions = torch.cat([positions, text_len.expand(S, N), text_len + 1], dim=1)
             types = torch.cat([types, types.new_full((S, N + 1), VISUAL_SEGMENT)], dim=1)
             mask = torch.cat([mask, object_mask, mask.new_ones((S, 1))], dim=1)
-        out = self.bert(inputs_embeds=embeds, token_type_ids=types, position_ids=positions,
-                        attention_mask=mask, output_attentions=output_attentions)
+        with eager_attention(self.bert, output_attentions):
+            out = self.bert(inputs_embeds=embeds, token_type_ids=types, position_ids=positions,
+                            attention_mask=mask, output_attentions=output_attentions)
         seq = out.last_hidden_state
         return VLBertOutput(
             text=seq[:, :L],
