@@ -5,7 +5,8 @@
         --config-file configs/VLBERT-Base-VCR.yaml [KEY VALUE ...]
     python tools/train_net.py --config-file configs/VLBERT-Base-VCR.yaml MODEL.WEIGHTS vlbert_base_e2e.pth
 
-Reads ``torch.load(path)["state_dict"]`` (keys with or without ``module.``, float16 or 32),
+Reads ``torch.load(path, weights_only=True)["state_dict"]`` (tensors only: a file asking for
+anything else is refused, never run; keys with or without ``module.``, float16 or 32),
 renames every key it knows, casts to float32, and writes ``{"model": state_dict}``, which
 ``MODEL.WEIGHTS`` (fine-tuning or --eval-only) accepts. Every official key it did not map is
 listed. With --config-file (before or after the two paths; KEY VALUE config overrides anywhere

@@ -176,6 +176,14 @@ class TaskRun:
         getattr(self, f"_run_{task}")()
 
     # --- helpers -------------------------------------------------------------------------
+    def forward_captured(self, inputs):
+        """The model's eval forward on ``inputs`` with its intermediate tensors captured."""
+        cap = Capture(self.model)
+        with torch.no_grad():
+            results = self.model(inputs)
+        cap.close()
+        return cap, results
+
     def put(self, name, actual):
         self.results[name] = (actual, self.golden["outputs"].get(name, self.golden["intermediates"].get(name)))
 
@@ -206,10 +214,7 @@ class TaskRun:
                  "label": int(g["answer_label"][b])}
             x.update(self.text_fields(b))
             inputs.append(x)
-        cap = Capture(self.model)
-        with torch.no_grad():
-            results = self.model(inputs)
-        cap.close()
+        cap, results = self.forward_captured(inputs)
         outputs = cap.store["vl_output"]
         self.put("vcr_logits", torch.stack([r["logits"] for r in results]))
         roi_classifier = getattr(self.model.head, "roi_classifier", None)
@@ -233,10 +238,7 @@ class TaskRun:
                  "answer_target": g["label"][b]}
             x.update(self.text_fields(b))
             inputs.append(x)
-        cap = Capture(self.model)
-        with torch.no_grad():
-            self.model(inputs)
-        cap.close()
+        cap, _ = self.forward_captured(inputs)
         self.put("answer_logits", cap.store["head_classifier"])
         self.put_intermediates(cap, cap.store["vl_output"].attention_mask)
         self.train_losses(inputs, {"loss_vqa": "loss_vqa"})
@@ -248,10 +250,7 @@ class TaskRun:
             x = {"image": self.images[b], "boxes": boxes, "region_labels": g["label"][b, : len(boxes)]}
             x.update(self.text_fields(b))
             inputs.append(x)
-        cap = Capture(self.model)
-        with torch.no_grad():
-            self.model(inputs)
-        cap.close()
+        cap, _ = self.forward_captured(inputs)
         logits = cap.store["head_classifier"][..., 0]  # (B, N)
         self.put("roi_logits", torch.cat([logits[b, : len(x["boxes"])] for b, x in enumerate(inputs)]))
         self.put_intermediates(cap, cap.store["vl_output"].attention_mask)

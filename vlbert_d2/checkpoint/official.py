@@ -133,7 +133,7 @@ def convert_official_state_dict(state_dict, expected_shapes=None):
     """Convert an official VL-BERT state dict.
 
     Args:
-        state_dict (dict[str, Tensor]): ``torch.load(path)["state_dict"]`` of an official
+        state_dict (dict[str, Tensor]): ``torch.load(path, weights_only=True)["state_dict"]`` of an official
             checkpoint (pre-trained or fine-tuned, end-to-end; keys with or without ``module.``).
         expected_shapes (dict[str, torch.Size] or None): this project's model's shapes; when
             given, every converted tensor must exist there with the same shape.
