@@ -180,6 +180,22 @@ def add_vlbert_config(cfg):
     # SOLVER.LR_SCHEDULER_NAME also accepts "WarmupLinearDecayLR": linear warm-up over
     # SOLVER.WARMUP_ITERS, then linear decay to 0 at SOLVER.MAX_ITER (the paper's VQA, RefCOCO+
     # and pre-training schedule).
+    # Mixed precision (detectron2's SOLVER.AMP.ENABLED; vlbert_d2/engine/amp.py). The forward
+    # and the loss run under torch.autocast in this dtype, the weights and the optimizer stay
+    # fp32. "float16": CUDA only, with dynamic loss scaling (torch.amp.GradScaler; the
+    # official code's apex FP16_LOSS_SCALE 'dynamic'). "bfloat16": CUDA or CPU, no loss scaling
+    # (bf16 has fp32's exponent range). The official configs train in fp16 the Large VCR
+    # models and the end-to-end and Large pre-training, the others in fp32 (docs/model.md).
+    _C.SOLVER.AMP.PRECISION = "float16"
+    # Also run the evaluation (inference) under autocast in that dtype (training only
+    # otherwise). The outputs are cast back to fp32 before the evaluators see them.
+    _C.SOLVER.AMP.EVAL = False
+
+    # --- Evaluation ---
+    # Records per evaluation batch (detectron2's test loader has 1). Each batch is padded as in
+    # training (text to its longest, RoIs to its most); results do not depend on it beyond
+    # float rounding. Per process when several evaluate.
+    _C.TEST.IMS_PER_BATCH = 8
 
     # --- Data loading ---
     # Train on a fixed random share of the training datasets (0 < f <= 1; 1: all), e.g. to

@@ -39,7 +39,9 @@ def test_train_then_eval_only_gives_the_same_metrics(size_data, tmp_path):
     assert any(abs(r.get("vcr/Q2A", -1) - trained["Q2A"]) < 1e-6 for r in records)
     assert list(out.glob("events.out.tfevents.*")), "no tensorboard event file"
 
-    ev = run(["--config-file", TINY_YAML, "--eval-only"] + common + ["MODEL.WEIGHTS", str(out / "model_final.pth"),
+    # The training's evaluation ran at TEST.IMS_PER_BATCH 8, this one at 1: same metrics.
+    ev = run(["--config-file", TINY_YAML, "--eval-only"] + common + ["TEST.IMS_PER_BATCH", "1",
+                                                                     "MODEL.WEIGHTS", str(out / "model_final.pth"),
                        "OUTPUT_DIR", str(tmp_path / "eval")], size_data)
     assert ev.returncode == 0, ev.stderr[-3000:]
     assert copypaste_metrics(ev.stdout) == trained

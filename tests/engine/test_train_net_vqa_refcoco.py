@@ -31,7 +31,9 @@ def _train_and_eval(config, data_root, tmp_path, extra=()):
     train = run(["--config-file", config] + COMMON + list(extra) +
                 ["SOLVER.MAX_ITER", "3", "TEST.EVAL_PERIOD", "3", "OUTPUT_DIR", str(out)], data_root)
     assert train.returncode == 0, train.stderr[-3000:]
-    ev = run(["--config-file", config, "--eval-only"] + COMMON + list(extra) +
+    # The training's evaluation ran at TEST.IMS_PER_BATCH 8, this one at 1: the metrics (and so
+    # every answer / box) must not depend on how the records were batched and padded.
+    ev = run(["--config-file", config, "--eval-only", "TEST.IMS_PER_BATCH", "1"] + COMMON + list(extra) +
              ["MODEL.WEIGHTS", str(out / "model_final.pth"), "OUTPUT_DIR", str(tmp_path / "eval")], data_root)
     assert ev.returncode == 0, ev.stderr[-3000:]
     trained, evaluated = copypaste_metrics(train.stdout), copypaste_metrics(ev.stdout)

@@ -13,6 +13,12 @@ from conftest import REPO
 OFFICIAL_CONFIGS = sorted(glob.glob(os.path.join(REPO, "configs", "VLBERT-*.yaml")))
 # configs -> the official CLIP_GRAD_NORM of the task (cfgs/{vcr,vqa,refcoco,pretrain}/base_*.yaml)
 CLIP = {"VCR": 10.0, "VQA": 1.0, "RefCOCO+": 1.0, "Pretrain": 10.0}
+# configs -> the official FP16 (cfgs/vcr/large_*_fp16.yaml, cfgs/pretrain/base_e2e_16x16G_fp16.yaml and
+# large_e2e_16x16G_fp16.yaml: true, with FP16_LOSS_SCALE 'dynamic'; every other config fp32).
+FP16 = {"VLBERT-Base-VCR.yaml": False, "VLBERT-Base-VCR-QA2R.yaml": False, "VLBERT-Large-VCR.yaml": True,
+        "VLBERT-Large-VCR-QA2R.yaml": True, "VLBERT-Base-VQA.yaml": False, "VLBERT-Large-VQA.yaml": False,
+        "VLBERT-Base-RefCOCO+.yaml": False, "VLBERT-Large-RefCOCO+.yaml": False,
+        "VLBERT-Base-Pretrain.yaml": True, "VLBERT-Large-Pretrain.yaml": True}
 
 
 def _cfg(path, *opts):
@@ -40,6 +46,10 @@ def test_official_weights_configs_use_the_official_roialign_and_optimiser(path):
         assert all(g["eps"] == 1e-6 for g in optimizer.param_groups)
     if task == "Pretrain":
         assert cfg.SOLVER.WARMUP_ITERS == 8000  # the paper's (the official cfg: 16,000)
+    # Mixed precision as the official configs: fp16 with dynamic loss scaling, or fp32.
+    assert cfg.SOLVER.AMP.ENABLED == FP16[os.path.basename(path)]
+    if cfg.SOLVER.AMP.ENABLED:
+        assert cfg.SOLVER.AMP.PRECISION == "float16"
 
 
 def test_official_roialign_is_torchvisions_legacy_op():

@@ -10,16 +10,19 @@ What it changes, and why:
 * checkpoints are read safely and written atomically (:class:`~vlbert_d2.checkpoint.VLBertCheckpointer`);
 * on CPU, several processes train with DistributedDataParallel over gloo (see
   :mod:`vlbert_d2.engine.launch`);
-* a non-finite loss names the records of the batch.
+* a non-finite loss names the records of the batch;
+* ``SOLVER.AMP``: fp16 or bf16 mixed precision, on CUDA or (bf16) the CPU (:mod:`.amp`).
 """
 import logging
 import os
 import weakref
 
+import torch
+
 from torch.nn.parallel import DistributedDataParallel
 
 from detectron2.data import DatasetCatalog
-from detectron2.engine import AMPTrainer, DefaultTrainer, SimpleTrainer, TrainerBase
+from detectron2.engine import DefaultTrainer, SimpleTrainer, TrainerBase
 from detectron2.engine.hooks import HookBase
 from detectron2.utils import comm
 from detectron2.utils.logger import setup_logger
@@ -33,6 +36,7 @@ from ..data.validation import check_dataset_records
 from ..evaluation import build_vlbert_evaluator
 from ..solver import build_lr_scheduler, build_optimizer
 from ..utils.seeding import derive_seed, seed_global_rngs
+from .amp import AutocastInference, MixedPrecisionTrainer, amp_settings
 
 logger = logging.getLogger(__name__)
 
@@ -89,7 +93,13 @@ class VLBertTrainer(DefaultTrainer):
         for name in cfg.DATASETS.TEST:
             check_dataset_records(cfg, name, DatasetCatalog.get(name), is_train=False)
         model = create_ddp_model(model)
-        self._trainer = (AMPTrainer if cfg.SOLVER.AMP.ENABLED else SimpleTrainer)(model, self.train_loader, optimizer)
+        amp = amp_settings(cfg)  # (device type, dtype) or None; checked before any work
+        if amp:
+            logger.info("Mixed precision: %s autocast on %s%s", amp[1], amp[0],
+                        ", dynamic loss scaling" if amp[1] is torch.float16 else "")
+            self._trainer = MixedPrecisionTrainer(model, self.train_loader, optimizer, *amp)
+        else:
+            self._trainer = SimpleTrainer(model, self.train_loader, optimizer)
         self.scheduler = self.build_lr_scheduler(cfg, optimizer)
         self.checkpointer = VLBertCheckpointer(model, cfg.OUTPUT_DIR, trainer=weakref.proxy(self))
         self.start_iter, self.max_iter, self.cfg = 0, cfg.SOLVER.MAX_ITER, cfg
@@ -128,6 +138,15 @@ class VLBertTrainer(DefaultTrainer):
         except FloatingPointError as e:
             raise FloatingPointError(f"{e}\nRecords of this batch: "
                                      f"{self.train_loader.describe_last_batch()}") from None
+
+    @classmethod
+    def test(cls, cfg, model, evaluators=None):
+        """detectron2's evaluation, under autocast when ``SOLVER.AMP.ENABLED`` and
+        ``SOLVER.AMP.EVAL`` (the outputs are handed to the evaluators in fp32)."""
+        amp = amp_settings(cfg)
+        if amp and cfg.SOLVER.AMP.EVAL:
+            model = AutocastInference(model, *amp)
+        return super().test(cfg, model, evaluators)
 
     @classmethod
     def build_model(cls, cfg):
