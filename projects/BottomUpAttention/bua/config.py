@@ -19,12 +19,19 @@ def add_bottom_up_config(cfg):
     # res5.
     cfg.MODEL.BUA.RES5_DILATION = 2
 
-    # Attribute head: [pooled feature | embedding of the class argmax (background included)]
-    # -> fc (FC_DIM) -> ReLU -> NUM_ATTRIBUTES + 1 logits (the extra column is "no attribute").
+    # Attribute head: [pooled feature | embedding of the class argmax (background included) at
+    # inference, of the ground-truth class in training] -> fc (FC_DIM) -> ReLU ->
+    # NUM_ATTRIBUTES + 1 logits (the extra column is "no attribute").
     cfg.MODEL.BUA.ATTRIBUTE_ON = True
     cfg.MODEL.BUA.NUM_ATTRIBUTES = 400
     cfg.MODEL.BUA.ATTRIBUTE_EMBED_DIM = 256  # class embedding (the port: feature dim / 8)
     cfg.MODEL.BUA.ATTRIBUTE_FC_DIM = 512  # hidden layer (the port: feature dim / 4)
+    # Training (bua.roi_heads.attribute_loss): the class embedded is the RoI's ground-truth class;
+    # for each foreground RoI, the mean over its ground-truth attributes of the softmax cross
+    # entropy over the NUM_ATTRIBUTES + 1 columns ("no attribute" the target of a RoI without
+    # any), averaged over the foreground RoIs, times this weight (0.5: the loss_weight of
+    # loss_attr in the official train.prototxt, models/vg/ResNet-101/faster_rcnn_end2end_final).
+    cfg.MODEL.BUA.ATTRIBUTE_LOSS_WEIGHT = 0.5
 
     # Region selection at inference (Anderson et al.'s generate_tsv.py): for every object class,
     # NMS of all RoIs by that class's score; a RoI's confidence is its best score among the

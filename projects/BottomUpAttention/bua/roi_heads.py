@@ -16,7 +16,59 @@ from detectron2.modeling.roi_heads import Res5ROIHeads
 from detectron2.modeling.roi_heads.fast_rcnn import FastRCNNOutputLayers
 from detectron2.structures import Boxes, Instances
 
-__all__ = ["AttributeFastRCNNOutputLayers", "BottomUpRes5ROIHeads", "select_regions"]
+__all__ = ["AttributeFastRCNNOutputLayers", "BottomUpRes5ROIHeads", "attribute_loss", "pad_attributes",
+           "select_regions"]
+
+
+def pad_attributes(attribute_lists, device=None):
+    """Per-object attribute lists as one (N, M) int64 tensor padded with -1.
+
+    Args:
+        attribute_lists (list[list[int]]): per object, its attribute indices in [0, A).
+        device: of the tensor.
+
+    Returns:
+        Tensor: (N, M), M the longest list (at least 1), -1 where an object has fewer.
+    """
+    width = max([len(a) for a in attribute_lists] + [1])
+    out = torch.full((len(attribute_lists), width), -1, dtype=torch.int64, device=device)
+    for i, attributes in enumerate(attribute_lists):
+        if attributes:
+            out[i, :len(attributes)] = torch.as_tensor(attributes, dtype=torch.int64)
+    return out
+
+
+def attribute_loss(logits, gt_attributes):
+    """The attribute loss of the bottom-up-attention detector, for foreground RoIs.
+
+    A multi-label softmax cross entropy, as the Caffe model's ``SoftmaxWithLoss`` with several
+    labels per RoI: each ground-truth attribute ``a`` of a RoI contributes ``-log softmax(z)[a]``
+    and the RoI's loss is the mean of its terms; a RoI without any attribute has one term, the
+    "no attribute" column (the last). The loss is the mean over the RoIs (0 when there are none).
+
+    Example: 3 columns (2 attributes + "no attribute"), RoI 1 with logits (0, 0, 0) and attribute
+    0, RoI 2 with logits (0, ln 2, 0) and attributes {0, 1}, RoI 3 with logits (0, 0, ln 2) and
+    none: ((ln 3) + (ln 4 + ln 2) / 2 + (ln 2)) / 3.
+
+    Args:
+        logits (Tensor): (R, A + 1) attribute logits, "no attribute" last.
+        gt_attributes (Tensor): (R, M) int64 attribute indices in [0, A), -1 padded.
+
+    Returns:
+        Tensor: scalar.
+    """
+    if logits.shape[0] == 0:
+        return logits.sum() * 0.0
+    valid = gt_attributes >= 0
+    none = ~valid.any(dim=1)
+    targets = gt_attributes.clamp(min=0)
+    weights = valid.to(logits.dtype)
+    # A RoI without attributes: its first slot becomes the "no attribute" column.
+    targets[none, 0] = logits.shape[1] - 1
+    weights[none, 0] = 1.0
+    weights = weights / weights.sum(dim=1, keepdim=True)
+    nll = -F.log_softmax(logits, dim=1).gather(1, targets)
+    return (nll * weights).sum() / logits.shape[0]
 
 
 class AttributeFastRCNNOutputLayers(FastRCNNOutputLayers):
@@ -24,13 +76,16 @@ class AttributeFastRCNNOutputLayers(FastRCNNOutputLayers):
 
     The attribute logits of a RoI come from its pooled feature concatenated with an embedding of
     a class (at inference the argmax of the class logits, background included; in training the
-    ground-truth class): ``[x | E[c]] -> fc_attr -> ReLU -> attr_score``. The module names
+    ground-truth class, as the ``cls_embedding`` layer of the official train.prototxt reads the
+    labels): ``[x | E[c]] -> fc_attr -> ReLU -> attr_score``. The module names
     (``cls_embedding``, ``fc_attr``, ``attr_score``) are those of the public detectron2-format
-    weights.
+    weights. In training the attribute loss (:func:`attribute_loss`, weighted by
+    ``attribute_loss_weight``) covers the foreground RoIs.
     """
 
     @configurable
-    def __init__(self, input_shape, *, num_attributes, attribute_embed_dim, attribute_fc_dim, **kwargs):
+    def __init__(self, input_shape, *, num_attributes, attribute_embed_dim, attribute_fc_dim,
+                 attribute_loss_weight=0.5, **kwargs):
         """
         Args:
             input_shape (ShapeSpec): the pooled RoI feature (C channels, 1 x 1).
@@ -38,11 +93,13 @@ class AttributeFastRCNNOutputLayers(FastRCNNOutputLayers):
                 being "no attribute" (detectron2 order, as the class logits).
             attribute_embed_dim (int): size of the class embedding.
             attribute_fc_dim (int): size of the hidden layer.
+            attribute_loss_weight (float): weight of the attribute loss (``loss_attr``).
             kwargs: those of :class:`FastRCNNOutputLayers`.
         """
         super().__init__(input_shape, **kwargs)
         input_size = self.cls_score.in_features
         self.num_attributes = num_attributes
+        self.attribute_loss_weight = attribute_loss_weight
         self.cls_embedding = nn.Embedding(self.num_classes + 1, attribute_embed_dim)
         self.fc_attr = nn.Linear(input_size + attribute_embed_dim, attribute_fc_dim)
         self.attr_score = nn.Linear(attribute_fc_dim, num_attributes + 1)
@@ -52,7 +109,8 @@ class AttributeFastRCNNOutputLayers(FastRCNNOutputLayers):
         ret = super().from_config(cfg, input_shape)
         ret.update(num_attributes=cfg.MODEL.BUA.NUM_ATTRIBUTES,
                    attribute_embed_dim=cfg.MODEL.BUA.ATTRIBUTE_EMBED_DIM,
-                   attribute_fc_dim=cfg.MODEL.BUA.ATTRIBUTE_FC_DIM)
+                   attribute_fc_dim=cfg.MODEL.BUA.ATTRIBUTE_FC_DIM,
+                   attribute_loss_weight=cfg.MODEL.BUA.ATTRIBUTE_LOSS_WEIGHT)
         return ret
 
     def attribute_logits(self, x, classes):
@@ -68,6 +126,35 @@ class AttributeFastRCNNOutputLayers(FastRCNNOutputLayers):
             x = torch.flatten(x, start_dim=1)
         h = torch.cat([x, self.cls_embedding(classes)], dim=1)
         return self.attr_score(F.relu(self.fc_attr(h)))
+
+    def attribute_losses(self, x, proposals):
+        """The attribute loss of the sampled RoIs: on the foreground ones, the logits for their
+        ground-truth class (:func:`attribute_loss`).
+
+        Args:
+            x (Tensor): (R, C) pooled features of the RoIs of ``proposals``, in order.
+            proposals (list[Instances]): per image, the sampled RoIs with ``gt_classes`` and,
+                where the image has objects, ``gt_attributes`` ((R_i, M_i) int64, -1 padded)
+                of the matched object.
+
+        Returns:
+            dict: ``{"loss_attr": weighted loss}``.
+        """
+        if x.dim() > 2:
+            x = torch.flatten(x, start_dim=1)
+        classes, attributes = [], []
+        for p in proposals:
+            classes.append(p.gt_classes)
+            if p.has("gt_attributes"):
+                attributes.append(p.gt_attributes)
+            else:  # an image without objects: all its RoIs are background
+                attributes.append(torch.full((len(p), 1), -1, dtype=torch.int64, device=x.device))
+        width = max([a.shape[1] for a in attributes] + [1])
+        attributes = torch.cat([F.pad(a, (0, width - a.shape[1]), value=-1) for a in attributes])
+        classes = torch.cat(classes) if classes else torch.zeros(0, dtype=torch.int64, device=x.device)
+        fg = (classes >= 0) & (classes < self.num_classes)
+        logits = self.attribute_logits(x[fg], classes[fg])
+        return {"loss_attr": self.attribute_loss_weight * attribute_loss(logits, attributes[fg])}
 
 
 def _iou(a, b):
@@ -182,7 +269,10 @@ class BottomUpRes5ROIHeads(Res5ROIHeads):
       by :func:`select_regions`, each with its whole class distribution, pooled feature and
       attributes, which is what region-feature extraction needs.
 
-    Training is detectron2's (class and box losses); the attribute loss is not implemented.
+    Training: detectron2's proposal sampling and class and box losses, plus the attribute loss
+    (:meth:`AttributeFastRCNNOutputLayers.attribute_losses`) when the targets carry
+    ``gt_attributes`` (see :class:`bua.data.AttributeDatasetMapper`), which the sampling copies
+    to the RoIs matched to each object.
     """
 
     @configurable
@@ -236,19 +326,48 @@ class BottomUpRes5ROIHeads(Res5ROIHeads):
         return nn.Sequential(*blocks), out_channels
 
     def forward(self, images, features, proposals, targets=None):
-        """Training: detectron2's losses. Inference: see :meth:`select`.
+        """Training: detectron2's class and box losses and the attribute loss. Inference: see
+        :meth:`select`.
 
         Returns:
             (list[Instances], dict): per image the regions (inference) or [] (training), and
             the losses (training) or {}.
         """
         if self.training:
-            return super().forward(images, features, proposals, targets)
+            return [], self.losses(features, proposals, targets)
         box_features = self._shared_roi_transform([features[f] for f in self.in_features],
                                                   [p.proposal_boxes for p in proposals])
         pooled = box_features.mean(dim=[2, 3])
         del box_features
         return self.select(pooled, proposals), {}
+
+    def losses(self, features, proposals, targets):
+        """The training losses: ``loss_cls``, ``loss_box_reg`` and, with the attribute head,
+        ``loss_attr``.
+
+        Args:
+            features (dict[str, Tensor]): the trunk's features.
+            proposals (list[Instances]): per image, the RPN's proposals.
+            targets (list[Instances]): per image, ``gt_boxes``, ``gt_classes`` and, for the
+                attribute loss, ``gt_attributes``.
+        """
+        if self.mask_on:
+            raise NotImplementedError("the bottom-up-attention box head has no mask head (MODEL.MASK_ON)")
+        assert targets, "training needs the targets"
+        proposals = self.label_and_sample_proposals(proposals, targets)
+        box_features = self._shared_roi_transform([features[f] for f in self.in_features],
+                                                  [p.proposal_boxes for p in proposals])
+        pooled = box_features.mean(dim=[2, 3])
+        del box_features
+        predictions = self.box_predictor(pooled)
+        losses = self.box_predictor.losses(predictions, proposals)
+        if isinstance(self.box_predictor, AttributeFastRCNNOutputLayers):
+            if not all(t.has("gt_attributes") for t in targets if len(t)):
+                raise ValueError("the attribute loss needs gt_attributes in the targets: train with "
+                                 "bua.data.AttributeDatasetMapper on a dataset with attribute_ids "
+                                 "(or MODEL.BUA.ATTRIBUTE_ON False)")
+            losses.update(self.box_predictor.attribute_losses(pooled, proposals))
+        return losses
 
     def select(self, pooled, proposals):
         """Classify the RoIs and keep the regions of :func:`select_regions`.

@@ -9,7 +9,10 @@ evaluators run end to end without the real data:
   :func:`generate_vqa`;
 - :mod:`.refcoco`: RefCOCO+ (REFER layout, with MAttNet-style proposals), :func:`generate_refcoco`;
 - :mod:`.captions`: pre-training captions (Conceptual Captions layout) and a text corpus,
-  :func:`generate_captions`.
+  :func:`generate_captions`;
+- :mod:`.detection`: object detection with attributes (COCO instances, the shapes as classes and
+  the colours as attributes), for training the bottom-up-attention detector,
+  :func:`generate_detection`.
 
 Every question, expression and caption needs the image. The same seed gives byte-identical files.
 Command line: ``python -m synthetic_vl --help``.
@@ -17,6 +20,9 @@ Command line: ``python -m synthetic_vl --help``.
 from .captions import (CAPTION_DEFAULT_COUNTS, CAPTION_MARKER, CAPTION_TYPES,
                        ensure_synthetic_captions, generate_captions, is_complete_captions)
 from .cli import main
+from .detection import (DETECTION_DEFAULT_COUNTS, DETECTION_MARKER, detection_attributes,
+                        detection_categories, detection_image_file, detection_instances_file,
+                        ensure_synthetic_detection, generate_detection, is_complete_detection)
 from .refcoco import (REFCOCO_DEFAULT_COUNTS, REFCOCO_EXPRESSION_TYPES, REFCOCO_GEOMETRY_TYPES,
                       REFCOCO_IMAGES, REFCOCO_INSTANCES, REFCOCO_MARKER, REFCOCO_MIN_X_GAP,
                       REFCOCO_PROPOSALS, REFCOCO_REFS, ensure_synthetic_refcoco, generate_refcoco,
@@ -48,6 +54,10 @@ __all__ = [
     # captions
     "generate_captions", "ensure_synthetic_captions", "is_complete_captions",
     "CAPTION_DEFAULT_COUNTS", "CAPTION_TYPES", "CAPTION_MARKER",
+    # detection with attributes
+    "generate_detection", "ensure_synthetic_detection", "is_complete_detection",
+    "DETECTION_DEFAULT_COUNTS", "DETECTION_MARKER", "detection_instances_file", "detection_image_file",
+    "detection_categories", "detection_attributes",
     # command line
     "main",
 ]

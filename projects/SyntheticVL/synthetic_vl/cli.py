@@ -5,13 +5,15 @@ import time
 
 from .captions import (CAPTION_DEFAULT_COUNTS, CAPTION_TYPES, ensure_synthetic_captions,
                        generate_captions)
+from .detection import (DETECTION_DEFAULT_COUNTS, ensure_synthetic_detection,
+                        generate_detection)
 from .refcoco import (REFCOCO_DEFAULT_COUNTS, REFCOCO_EXPRESSION_TYPES, ensure_synthetic_refcoco,
                       generate_refcoco)
 from .vcr import DEFAULT_COUNTS, VCR_QUESTION_TYPES, ensure_synthetic_vcr, generate_vcr
 from .vqa import VQA_DEFAULT_COUNTS, VQA_QUESTION_TYPES, ensure_synthetic_vqa, generate_vqa
 
 # --format: generator, ensure function, default counts, types, and the keyword of the generator
-# that receives the types.
+# that receives the types (None: the format has no types).
 FORMATS = {
     "vcr": (generate_vcr, ensure_synthetic_vcr, DEFAULT_COUNTS, VCR_QUESTION_TYPES,
             "question_types"),
@@ -21,12 +23,15 @@ FORMATS = {
                  REFCOCO_EXPRESSION_TYPES, "expression_types"),
     "captions": (generate_captions, ensure_synthetic_captions, CAPTION_DEFAULT_COUNTS,
                  CAPTION_TYPES, "caption_types"),
+    "detection": (generate_detection, ensure_synthetic_detection, DETECTION_DEFAULT_COUNTS, (),
+                  None),
 }
 # Default output folder per --format: folders that vlbert_d2.data registers (under ./datasets,
-# the default $DETECTRON2_DATASETS).
+# the default $DETECTRON2_DATASETS); the detection dataset is registered by projects/BottomUpAttention.
 DEFAULT_ROOTS = {"vcr": "datasets/synthetic_vcr", "vqa": "datasets/synthetic_vqa",
                  "refcoco+": "datasets/synthetic_refcoco",
-                 "captions": "datasets/synthetic_captions"}
+                 "captions": "datasets/synthetic_captions",
+                 "detection": "datasets/synthetic_detection"}
 
 
 def _disk_usage(root):
@@ -49,8 +54,9 @@ def build_parser():
         description="Write a deterministic synthetic dataset (colored balls, boxes and kites whose "
                     "questions need the image) in the layout of an official release: VCR "
                     "({train,val,test}.jsonl plus vcr1images/<movie>/<name>.{jpg,json}), VQA v2, "
-                    "RefCOCO+ (REFER), or pre-training captions in the Conceptual Captions layout "
-                    "plus a text corpus. See projects/SyntheticVL/README.md.")
+                    "RefCOCO+ (REFER), pre-training captions in the Conceptual Captions layout "
+                    "plus a text corpus, or object detection with attributes (COCO instances "
+                    "with attribute ids). See projects/SyntheticVL/README.md.")
     p.add_argument("--format", choices=list(FORMATS), default="vcr",
                    help="dataset format (default: %(default)s)")
     p.add_argument("--root", default=None,
@@ -70,7 +76,8 @@ def build_parser():
     p.add_argument("--question-types", nargs="+", default=None, metavar="TYPE",
                    help="question types (refcoco+: expression types, captions: sentence types) to "
                         "draw from, default all ("
-                        + "; ".join(f"{k}: {' '.join(v[3])}" for k, v in FORMATS.items()) + ")")
+                        + "; ".join(f"{k}: {' '.join(v[3])}" for k, v in FORMATS.items() if v[3])
+                        + "; detection has none)")
     p.add_argument("--questions-per-image", type=int, default=None,
                    help="vqa only: questions per image, of distinct types (default: 2)")
     p.add_argument("--force", action="store_true",
@@ -90,6 +97,8 @@ def main(argv=None):
                     f"with splits {', '.join(defaults)}")
     if args.questions_per_image is not None and args.format != "vqa":
         p.error("--questions-per-image is a vqa option")
+    if args.question_types and types_key is None:
+        p.error(f"--question-types: {args.format} has no types")
     counts = _parse_counts(p, args.counts, defaults)
     for split in DEFAULT_COUNTS if args.format == "vcr" else ():
         if getattr(args, split) is not None:
@@ -100,8 +109,9 @@ def main(argv=None):
         p.error(f"--question-types {' '.join(unknown)}: not a {args.format} type "
                 f"(choose from {', '.join(known)})")
     root = args.root or DEFAULT_ROOTS[args.format]
-    kwargs = {"counts": counts, "seed": args.seed, "image_size": tuple(args.image_size),
-              types_key: types}
+    kwargs = {"counts": counts, "seed": args.seed, "image_size": tuple(args.image_size)}
+    if types_key is not None:
+        kwargs[types_key] = types
     if args.questions_per_image is not None:
         kwargs["questions_per_image"] = args.questions_per_image
 
