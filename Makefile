@@ -36,6 +36,13 @@ data-captions: setup
 demo-pretrain: data-captions
 	CONFIG=configs/quick_schedules/VLBERT-Tiny-SyntheticPretrain.yaml OUT=output/tiny_synthetic_pretrain bash scripts/demo.sh
 
+# The paper's whole pipeline in miniature (projects/SyntheticVL/pipeline.py), about 7 minutes:
+# train the bottom-up-attention detector on the synthetic scenes, extract its regions (with
+# their features) for colour and shape questions, train VL-BERT on them, evaluate. Resumable.
+.PHONY: demo-pipeline
+demo-pipeline: setup
+	$(PY) projects/SyntheticVL/pipeline.py
+
 # The miniature of the paper's pre-training ablation (README: Measured), about 45 minutes.
 # The synthetic data (data*) and this study: projects/SyntheticVL (package synthetic_vl).
 ablation-pretrain: data-captions data-vqa

@@ -41,11 +41,19 @@ _VCR_DATASETS = [
 # <folder>/vqa/answers_vqa.txt, built from train2014 + val2014 when missing.
 _VQA_DETECTIONS = {"trainval": "vgbua_res101_precomputed/trainval2014_resnet101_faster_rcnn_genome",
                    "test": "vgbua_res101_precomputed/test2015_resnet101_faster_rcnn_genome"}
+# The regions (with 256-d features) that the tiny bottom-up-attention detector trained on the
+# synthetic scenes finds (tools/extract_regions.py; projects/SyntheticVL/pipeline.py): a folder of their own,
+# next to the generator's ground-truth detection files, which stay.
+_BUA_REGIONS = {"trainval": "bua_regions/trainval2014", "test": "bua_regions/test2015"}
 _VQA_DATASETS = [
-    (f"{prefix}_{subset}", folder, subset, images, _VQA_DETECTIONS[dets])
-    for prefix, folder in (("vqa", "coco"), ("synthetic_vqa", "synthetic_vqa"),
-                           # The tiny VQA config's data: geometry questions only (README).
-                           ("synthetic_vqa_geometry", "synthetic_vqa_geometry"))
+    (f"{prefix}_{subset}", folder, subset, images, detections[dets])
+    for prefix, folder, detections in (
+        ("vqa", "coco", _VQA_DETECTIONS), ("synthetic_vqa", "synthetic_vqa", _VQA_DETECTIONS),
+        # The tiny VQA config's data: geometry questions only (README).
+        ("synthetic_vqa_geometry", "synthetic_vqa_geometry", _VQA_DETECTIONS),
+        # The pipeline's data (make demo-pipeline): colour and shape questions, on the regions
+        # of the tiny detector (configs/quick_schedules/VLBERT-Tiny-PipelineVQA.yaml).
+        ("synthetic_vqa_pixels", "synthetic_vqa_pixels", _BUA_REGIONS))
     for subset, images, dets in (("train2014", "train2014", "trainval"), ("val2014", "val2014", "trainval"),
                                  ("minival2014", "val2014", "trainval"),
                                  ("valminusminival2014", "val2014", "trainval"),

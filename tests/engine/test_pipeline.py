@@ -1,0 +1,126 @@
+"""The paper's whole pipeline in miniature (projects/SyntheticVL/pipeline.py, make demo-pipeline),
+end to end on a handful of images: a tiny detector trained a few iterations, its regions and
+features extracted, VL-BERT trained two iterations on them and evaluated. Then the checks: the
+extracted files are the detector's output, the VQA records point at them (not at the
+generator's ground-truth files, which stay), and the VQA mapper in precomputed-feature mode
+feeds their features to the model. CPU, one thread."""
+import json
+import os
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+import torch
+
+from conftest import REPO
+
+PIPELINE = os.path.join(REPO, "projects", "SyntheticVL", "pipeline.py")
+sys.path.insert(0, os.path.dirname(PIPELINE))
+import pipeline  # noqa: E402
+
+# The detector shrunk to native image size and 20 iterations of 2 images (seconds on one thread).
+# Its regions are the RPN's proposals (never empty), not the regressed boxes: after 20 iterations
+# these can all collapse to empty boxes, which the postprocessing drops (measured: "the detector
+# found no region" for 1 image in 6).
+DETECTOR_OPTS = ["MODEL.BUA.BOX_SOURCE", "proposals", "INPUT.MIN_SIZE_TRAIN", "(128,)", "INPUT.MAX_SIZE_TRAIN", "192", "INPUT.MIN_SIZE_TEST", "128",
+                 "INPUT.MAX_SIZE_TEST", "192", "MODEL.ANCHOR_GENERATOR.SIZES", "[[16, 32, 64]]",
+                 "MODEL.ROI_HEADS.BATCH_SIZE_PER_IMAGE", "16", "MODEL.RPN.POST_NMS_TOPK_TRAIN", "50",
+                 "MODEL.RPN.POST_NMS_TOPK_TEST", "20", "SOLVER.IMS_PER_BATCH", "2", "SOLVER.MAX_ITER", "20",
+                 "SOLVER.STEPS", "()", "SOLVER.WARMUP_ITERS", "5", "DATALOADER.NUM_WORKERS", "0"]
+VQA_OPTS = ["SOLVER.MAX_ITER", "2", "SOLVER.IMS_PER_BATCH", "4", "SOLVER.WARMUP_ITERS", "1", "TEST.EVAL_PERIOD", "0",
+            "DATALOADER.NUM_WORKERS", "0"]
+
+
+@pytest.fixture(scope="module")
+def run(tmp_path_factory):
+    """The pipeline over 6 + 3 detection images and 6 + 3 + 2 VQA images; returns (datasets root,
+    output folder, summary)."""
+    tmp = tmp_path_factory.mktemp("pipeline")
+    root, out = tmp / "datasets", tmp / "out"
+    vocab = root / pipeline.VQA_FOLDER / "vqa" / "answers_vqa.txt"
+    # Too few questions for the usual vocabulary (answers seen 9 times): the 9 answers given.
+    vocab.parent.mkdir(parents=True)
+    from synthetic_vl.scenes import PALETTE, SHAPES
+    vocab.write_text("\n".join([*PALETTE, *SHAPES]) + "\n")
+    env = dict(os.environ, DETECTRON2_DATASETS=str(root), OMP_NUM_THREADS="1")
+    done = subprocess.run([sys.executable, PIPELINE, "--out", str(out), "--detection-counts", "train=6", "val=3",
+                           "--vqa-counts", "train2014=6", "val2014=3", "test2015=2",
+                           "--detector-opts", *DETECTOR_OPTS, "--vqa-opts", *VQA_OPTS],
+                          cwd=REPO, env=env, capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    assert "== summary" in done.stdout
+    return root, out, json.load(open(out / "summary.json"))
+
+
+def test_pipeline_summary(run):
+    _, out, summary = run
+    assert {"AP50", "AP"} <= set(summary["detector"]["bbox"])
+    assert "accuracy" in summary["detector"]["attributes"]
+    vqa = summary["vqa"]
+    assert vqa["num_questions"] == 6  # 3 images, a colour and a shape question each
+    assert set(vqa["perQuestionType"]) == {"what color is", "what shape is"}
+    assert vqa["overall"] == pytest.approx(vqa["reported"]["accuracy"], abs=0.01)
+    assert set(summary["seconds"]) == {"detection data", "detector", "VQA data", "regions", "VL-BERT VQA training",
+                                       "VL-BERT VQA evaluation"}
+    assert os.path.isfile(out / "detector" / "model_final.pth") and os.path.isfile(out / "vqa" / "model_final.pth")
+
+
+def test_regions_are_the_detectors_output(run):
+    import cv2
+    from bua import RegionDetector, setup_detector_cfg
+
+    from vlbert_d2.data.detections import read_detection
+
+    root, out, _ = run
+    cfg = setup_detector_cfg(os.path.join(REPO, pipeline.DETECTOR_CONFIG), str(out / "detector" / "model_final.pth"),
+                             DETECTOR_OPTS, device="cpu")
+    detector = RegionDetector(cfg)
+    vqa_root = root / pipeline.VQA_FOLDER
+    images = sorted(os.listdir(vqa_root / "val2014"))
+    assert len(images) == 3
+    image_id = int(os.path.splitext(images[0])[0].rsplit("_", 1)[1])
+    det = read_detection(str(vqa_root / "bua_regions" / "trainval2014" / f"{image_id}.json"))
+    regions = detector([cv2.imread(str(vqa_root / "val2014" / images[0]))])[0]
+    assert det["image_id"] == image_id and det["features"].shape == (len(regions), 256)
+    np.testing.assert_allclose(det["boxes"], regions.pred_boxes.tensor.numpy(), atol=1e-4)
+    np.testing.assert_allclose(det["features"], regions.features.numpy(), rtol=1e-4, atol=1e-5)
+    # Every image of every subset has its file; the generator's ground-truth files stay apart.
+    for subset, folder in pipeline.REGION_FOLDERS.items():
+        for name in os.listdir(vqa_root / subset):
+            assert os.path.isfile(vqa_root / folder / f"{int(os.path.splitext(name)[0].rsplit('_', 1)[1])}.json")
+    gt = vqa_root / "vgbua_res101_precomputed" / "trainval2014_resnet101_faster_rcnn_genome" / f"{image_id}.json"
+    assert "features" not in read_detection(str(gt))
+
+
+def test_vqa_loader_reads_the_extracted_regions(run):
+    from detectron2.config import get_cfg
+    from detectron2.data import DatasetCatalog
+
+    from vlbert_d2 import add_vlbert_config
+    from vlbert_d2.data import _VQA_DATASETS, VQADatasetMapper
+    from vlbert_d2.data.datasets import register_vqa
+    from vlbert_d2.data.detections import read_detection
+
+    root, _, _ = run
+    # The table's row of the pipeline's val subset, registered under a test-only name and root.
+    row = next(r for r in _VQA_DATASETS if r[0] == pipeline.VQA_VAL)
+    _, folder, subset, images, detections = row
+    assert detections == pipeline.REGION_FOLDERS["val2014"]
+    name = "pytest_pipeline_vqa_val2014"
+    register_vqa(name, str(root / folder), subset, images, detections, os.path.join("vqa", "answers_vqa.txt"),
+                 ["train2014", "val2014"])
+    records = DatasetCatalog.get(name)
+    assert len(records) == 6
+    for r in records:
+        assert r["detection_file"] == str(root / folder / "bua_regions" / "trainval2014" / f"{r['image_id']}.json")
+    cfg = add_vlbert_config(get_cfg())
+    cfg.merge_from_file(os.path.join(REPO, pipeline.VQA_CONFIG))
+    cfg.MODEL.VLBERT.VQA.ANSWER_VOCAB = str(root / folder / "vqa" / "answers_vqa.txt")
+    assert cfg.MODEL.VLBERT.DETECTION_FEATURES
+    mapper = VQADatasetMapper(cfg, is_train=False)
+    out = mapper(records[0])
+    det = read_detection(records[0]["detection_file"])
+    assert "image" not in out
+    torch.testing.assert_close(out["features"][1:], torch.from_numpy(det["features"]))
+    torch.testing.assert_close(out["features"][0], torch.from_numpy(det["features"]).mean(0))
