@@ -268,7 +268,8 @@ def test_evaluation_sample_is_bounded_and_fixed(tmp_path):
     from vlbert_d2.data.test_loader import build_vlbert_test_loader
 
     def evaluated(cfg):  # what the trainer's evaluation iterates over: the sample, mapped
-        return [x[0]["source"] for x in build_vlbert_test_loader(cfg, name, PretrainDatasetMapper(cfg, is_train=False))]
+        loader = build_vlbert_test_loader(cfg, name, PretrainDatasetMapper(cfg, is_train=False))
+        return [x["source"] for batch in loader for x in batch]
 
     first = evaluated(cfg)
     assert first == [f"{tmp_path / 'c.txt'}:{line}" for line in (4, 16, 25)]  # samples 1, 5, 8: lines 3i + 1
@@ -281,7 +282,7 @@ def test_evaluation_sample_is_bounded_and_fixed(tmp_path):
     assert evaluated(cfg) == first
     from vlbert_d2.engine.trainer import VLBertTrainer
 
-    assert [x[0]["source"] for x in VLBertTrainer.build_test_loader(cfg, name)] == first
+    assert [x["source"] for batch in VLBertTrainer.build_test_loader(cfg, name) for x in batch] == first
     assert len(DatasetCatalog.get(name)) == 10  # the registered dataset is the whole corpus
     cfg = pretrain_cfg("DATASETS.TEST", f"('{name}',)", "MODEL.VLBERT.PRETRAIN.TEXT_EVAL_SAMPLES", "0")
     assert len(evaluated(cfg)) == 10  # 0: all
