@@ -70,7 +70,27 @@ def create_ddp_model(model):
                                    broadcast_buffers=False)
 
 
-class VLBertTrainer(DefaultTrainer):
+class SavesOptimizerState:
+    """A ``DefaultTrainer`` mixin: the DefaultTrainer of the detectron2 v0.6 build installed here
+    saves the iteration and the hooks' states but not the optimizer's (momentum, Adam moments,
+    the fp16 loss scale), so a resume would restart them. Also used by the detector's trainer
+    (projects/BottomUpAttention/bua/training.py)."""
+
+    def state_dict(self):
+        ret = super().state_dict()
+        ret["_trainer"] = self._trainer.state_dict()
+        return ret
+
+    def load_state_dict(self, state_dict):
+        super().load_state_dict(state_dict)
+        if "_trainer" in state_dict:
+            self._trainer.load_state_dict(state_dict["_trainer"])
+        else:
+            logger.warning("The checkpoint (written by an older version) has no optimizer state: it "
+                           "starts afresh, and the run will not match an uninterrupted one")
+
+
+class VLBertTrainer(SavesOptimizerState, DefaultTrainer):
     """``DefaultTrainer`` with VL-BERT's loaders, evaluators, optimizers and exact resume."""
 
     def __init__(self, cfg):
@@ -105,25 +125,11 @@ class VLBertTrainer(DefaultTrainer):
         self.start_iter, self.max_iter, self.cfg = 0, cfg.SOLVER.MAX_ITER, cfg
         self.register_hooks([ExactResume(self.seed, self.train_loader)] + self.build_hooks())
 
-    # The DefaultTrainer of the detectron2 v0.6 build installed here saves the iteration and the
-    # hooks' states but not the optimizer's (momentum, Adam moments): a resume would restart them.
-    def state_dict(self):
-        ret = super().state_dict()
-        ret["_trainer"] = self._trainer.state_dict()
-        return ret
-
     def load_state_dict(self, state_dict):
         super().load_state_dict(state_dict)
-        older = []
-        if "_trainer" in state_dict:
-            self._trainer.load_state_dict(state_dict["_trainer"])
-        else:
-            older.append("the optimizer state (it starts afresh)")
         if "ExactResume" not in state_dict.get("hooks", {}):
-            older.append("the data position and seed (the data order restarts)")
-        if older:
-            logger.warning("The checkpoint (written by an older version) lacks %s: the run will not "
-                           "match an uninterrupted one", " and ".join(older))
+            logger.warning("The checkpoint (written by an older version) lacks the data position and seed "
+                           "(the data order restarts): the run will not match an uninterrupted one")
 
     def resume_or_load(self, resume=True):
         """As detectron2's, but the iteration counter moves on only when a checkpoint's training

@@ -12,7 +12,6 @@
 
 ``projects/BottomUpAttention/train_detector.py`` is the command line.
 """
-import logging
 import os
 import weakref
 
@@ -21,12 +20,13 @@ from detectron2.data import MetadataCatalog, build_detection_train_loader
 from detectron2.engine import DefaultTrainer
 from detectron2.evaluation import COCOEvaluator, DatasetEvaluators
 
+from vlbert_d2.engine.trainer import SavesOptimizerState
+
 from .checkpoint import BottomUpCheckpointer
 from .config import add_bottom_up_config
 from .data import AttributeDatasetMapper, register_synthetic_detection
 from .evaluation import AttributeEvaluator
 
-logger = logging.getLogger(__name__)
 
 __all__ = ["BottomUpTrainer", "setup_training_cfg"]
 
@@ -42,7 +42,7 @@ def setup_training_cfg(config_file, opts=()):
     return cfg
 
 
-class BottomUpTrainer(DefaultTrainer):
+class BottomUpTrainer(SavesOptimizerState, DefaultTrainer):
     """detectron2's ``DefaultTrainer`` for the bottom-up-attention detector (see the module)."""
 
     def build_hooks(self):
@@ -51,20 +51,6 @@ class BottomUpTrainer(DefaultTrainer):
         self.checkpointer = BottomUpCheckpointer(self.checkpointer.model, self.cfg.OUTPUT_DIR,
                                                  trainer=weakref.proxy(self))
         return super().build_hooks()
-
-    # detectron2 v0.6's DefaultTrainer saves the iteration and the hooks' states (the LR
-    # scheduler) but not the optimizer's: keep it so that a resume continues with its momentum.
-    def state_dict(self):
-        ret = super().state_dict()
-        ret["_trainer"] = self._trainer.state_dict()
-        return ret
-
-    def load_state_dict(self, state_dict):
-        super().load_state_dict(state_dict)
-        if "_trainer" in state_dict:
-            self._trainer.load_state_dict(state_dict["_trainer"])
-        else:
-            logger.warning("The checkpoint has no optimizer state: it starts afresh")
 
     @classmethod
     def build_train_loader(cls, cfg):
