@@ -70,11 +70,18 @@ def add_vlbert_config(cfg):
     # right or bottom edge then do not depend on the other images of the batch. (0, 0): pad
     # only to the largest image of the batch (detectron2's way, cheaper).
     _C.MODEL.VLBERT.FIXED_PAD = (0, 0)
-    # detectron2-format weights (.pkl) of the Visual Genome Faster R-CNN R101-C4 (bottom-up
-    # attention: faster_rcnn_from_caffe[_attr].pkl) loaded into the trunk and res5 head when the
-    # model is built; its RPN and predictors are unused (and reported). MODEL.WEIGHTS, if set,
-    # is loaded afterwards and takes precedence.
+    # Weights of the region detector loaded into the trunk and res5 head when the model is built:
+    # the detectron2-format .pkl of the Visual Genome Faster R-CNN R101-C4 (bottom-up attention:
+    # faster_rcnn_from_caffe[_attr].pkl), or a detectron2 .pth checkpoint of a detector trained
+    # with projects/BottomUpAttention (read with weights_only=True). Its RPN and predictors are
+    # unused (and reported). MODEL.WEIGHTS, if set, is loaded afterwards and takes precedence.
     _C.MODEL.VLBERT.DETECTOR_WEIGHTS = ""
+    # The stem's max pool as Caffe's (kernel 3, stride 2, no padding, size rounded up) instead of
+    # detectron2's (padding 1, rounded down). The official VL-BERT pools as detectron2 does, also
+    # with the Caffe-trained detector's weights; True makes the trunk the detector's own
+    # (projects/BottomUpAttention, MODEL.BUA.CAFFE_MAXPOOL), so that it computes the very
+    # features the detector extracts (tests/checkpoint/test_detector_trunk.py).
+    _C.MODEL.VLBERT.CAFFE_MAXPOOL = False
     # Precomputed-feature mode: a feature cache directory (tools/extract_features.py). When set,
     # the model reads the RoI appearance features from it instead of running the CNN (the CNN's
     # weights are then frozen); geometry embedding and fusion are unchanged.

@@ -8,8 +8,13 @@ res2-res4) and ``roi_heads.res5.*``, plus the RPN and box/attribute predictors, 
 not use. The res5 weights fit the VL-BERT head (the same convolutions, run with stride 1 and
 dilation 2 instead of stride 2, as in the official implementation).
 
+A detector trained with detectron2 here (``projects/BottomUpAttention/train_detector.py``, e.g. the
+tiny one of ``make demo-pipeline``) is a ``.pth`` checkpoint with the same names under ``model``
+(BatchNorm layers add ``num_batches_tracked``, which the trunk's FrozenBN has no place for).
+
 Pickles can run code when loaded, so :func:`load_weights_pickle` only rebuilds plain containers,
-numbers, strings and numpy arrays and refuses anything else.
+numbers, strings and numpy arrays and refuses anything else; ``.pth`` files are read with
+``torch.load(weights_only=True)`` (:func:`load_detector_state`).
 """
 import logging
 
@@ -20,7 +25,8 @@ from ..utils.safe_pickle import NUMPY_GLOBALS, PLAIN_GLOBALS, UnsafePickleError,
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["UnsafePickleError", "load_weights_pickle", "map_detector_weights", "load_detector_weights"]
+__all__ = ["UnsafePickleError", "load_weights_pickle", "load_detector_state", "map_detector_weights",
+           "load_detector_weights"]
 
 
 def load_weights_pickle(path):
@@ -37,6 +43,31 @@ def load_weights_pickle(path):
     return weights
 
 
+def load_detector_state(path):
+    """The detector's weights, by name, from a ``.pkl`` (:func:`load_weights_pickle`) or a
+    detectron2 ``.pth`` checkpoint (``torch.load(weights_only=True)``, its ``model`` entry).
+
+    Raises:
+        CheckpointError: missing, unreadable or asking to run code (names the file).
+        ValueError: not a dict of tensors / arrays under ``model``.
+    """
+    if path.endswith(".pkl"):
+        return load_weights_pickle(path)
+    from .checkpointer import load_checkpoint_file  # the checkpointer imports this module's package
+
+    weights = load_checkpoint_file(path)["model"]
+    if not isinstance(weights, dict) or not all(isinstance(v, (torch.Tensor, np.ndarray)) for v in weights.values()):
+        raise ValueError(f"{path}: expected {{'model': {{name: tensor}}}} (a detectron2 checkpoint of the detector)")
+    return weights
+
+
+def _as_tensor(value):
+    """float32 for the weights (files may hold float64 or float16), other dtypes (BatchNorm's
+    int64 counter) as they are."""
+    t = value.detach().clone() if isinstance(value, torch.Tensor) else torch.from_numpy(np.ascontiguousarray(value))
+    return t.float() if t.is_floating_point() else t
+
+
 def map_detector_weights(weights):
     """detectron2 R-C4 detector names -> :class:`RegionFeatureExtractor` names.
 
@@ -46,16 +77,17 @@ def map_detector_weights(weights):
     mapped, unused = {}, []
     for name, value in weights.items():
         if name.startswith("backbone."):
-            mapped[name] = torch.from_numpy(np.ascontiguousarray(value)).float()
+            mapped[name] = _as_tensor(value)
         elif name.startswith("roi_heads.res5."):
-            mapped["res5." + name[len("roi_heads.res5."):]] = torch.from_numpy(np.ascontiguousarray(value)).float()
+            mapped["res5." + name[len("roi_heads.res5."):]] = _as_tensor(value)
         else:
             unused.append(name)
     return mapped, unused
 
 
 def load_detector_weights(region_extractor, path):
-    """Fill ``region_extractor`` (trunk and res5) from a detector weights pickle.
+    """Fill ``region_extractor`` (trunk and res5) from a detector's weights (``.pkl`` or ``.pth``,
+    :func:`load_detector_state`).
 
     Raises on any shape mismatch; logs what it loaded, what in the file it did not use (RPN,
     box and attribute predictors) and what of the trunk it did not find.
@@ -63,7 +95,7 @@ def load_detector_weights(region_extractor, path):
     Returns:
         dict with the lists "loaded", "unused" (in the file) and "missing" (in the model).
     """
-    mapped, unused = map_detector_weights(load_weights_pickle(path))
+    mapped, unused = map_detector_weights(load_detector_state(path))
     own = region_extractor.state_dict()
     bad = [f"'{k}': file {tuple(v.shape)} vs model {tuple(own[k].shape)}"
            for k, v in mapped.items() if k in own and tuple(v.shape) != tuple(own[k].shape)]

@@ -12,8 +12,38 @@ from torch import nn
 from detectron2.config import configurable
 from detectron2.layers import ShapeSpec
 from detectron2.modeling import build_resnet_backbone
-from detectron2.modeling.backbone.resnet import BottleneckBlock, ResNet
+from detectron2.modeling.backbone.resnet import BasicStem, BottleneckBlock, ResNet
 from detectron2.modeling.poolers import ROIPooler
+
+
+class CaffeMaxPoolStem(BasicStem):
+    """detectron2's stem (7x7 conv, stride 2, ReLU) with Caffe's max pool.
+
+    Caffe pools with kernel 3, stride 2, no padding and rounds the output size up; detectron2
+    pads by 1 and rounds down. The two give the same size for even inputs but sample different
+    windows, so weights trained in Caffe see shifted features with detectron2's pool.
+    """
+
+    def forward(self, x):
+        """
+        Args:
+            x (Tensor): (B, 3, H, W) normalised images.
+
+        Returns:
+            Tensor: (B, C, ceil((ceil(H / 2) - 3) / 2) + 1, ...) at stride 4.
+        """
+        x = F.relu_(self.conv1(x))
+        return F.max_pool2d(x, kernel_size=3, stride=2, padding=0, ceil_mode=True)
+
+
+def use_caffe_maxpool(backbone, norm):
+    """Replace ``backbone.stem`` (detectron2's :class:`BasicStem`) by a :class:`CaffeMaxPoolStem`
+    that keeps its convolution (the parameter names stay ``stem.conv1.*``)."""
+    old = backbone.stem
+    stem = CaffeMaxPoolStem(in_channels=old.in_channels, out_channels=old.out_channels, norm=norm)
+    stem.conv1 = old.conv1
+    backbone.stem = stem
+    return backbone
 
 
 def geometry_embedding(boxes, image_sizes, dim=2048, wave_length=1000.0):
@@ -74,6 +104,8 @@ class RegionFeatureExtractor(nn.Module):
         cfg.defrost()
         cfg.MODEL.RESNETS.OUT_FEATURES = ["res4"]
         backbone = build_resnet_backbone(cfg, input_shape)
+        if cfg.MODEL.VLBERT.CAFFE_MAXPOOL:
+            use_caffe_maxpool(backbone, cfg.MODEL.RESNETS.NORM)
         res4 = backbone.output_shape()["res4"]
         if res4.stride != 16:
             raise ValueError(f"VL-BERT expects a C4 trunk of stride 16, got stride {res4.stride}")

@@ -11,30 +11,13 @@ from detectron2.layers import Conv2d, FrozenBatchNorm2d
 from detectron2.modeling import BACKBONE_REGISTRY, build_resnet_backbone
 from detectron2.modeling.backbone.resnet import BasicBlock, BasicStem, BottleneckBlock, ResNet
 
+# The stem lives in the library: VL-BERT's trunk uses it too (MODEL.VLBERT.CAFFE_MAXPOOL).
+from vlbert_d2.modeling.visual import CaffeMaxPoolStem, use_caffe_maxpool
+
 __all__ = ["CaffeMaxPoolStem", "FoldedResNet", "build_bua_resnet_backbone"]
 
 # oneDNN's convolution, which F.conv2d dispatches to on CPUs in most cases (see FoldedResNet.conv).
 _mkldnn_convolution = getattr(torch, "mkldnn_convolution", None)
-
-
-class CaffeMaxPoolStem(BasicStem):
-    """detectron2's stem (7x7 conv, stride 2, ReLU) with Caffe's max pool.
-
-    Caffe pools with kernel 3, stride 2, no padding and rounds the output size up; detectron2
-    pads by 1 and rounds down. The two give the same size for even inputs but sample different
-    windows, so weights trained in Caffe see shifted features with detectron2's pool.
-    """
-
-    def forward(self, x):
-        """
-        Args:
-            x (Tensor): (B, 3, H, W) normalised images.
-
-        Returns:
-            Tensor: (B, C, ceil((ceil(H / 2) - 3) / 2) + 1, ...) at stride 4.
-        """
-        x = F.relu_(self.conv1(x))
-        return F.max_pool2d(x, kernel_size=3, stride=2, padding=0, ceil_mode=True)
 
 
 @BACKBONE_REGISTRY.register()
@@ -44,11 +27,7 @@ def build_bua_resnet_backbone(cfg, input_shape):
     is kept, so the parameter names stay ``backbone.stem.conv1.*``)."""
     backbone = build_resnet_backbone(cfg, input_shape)
     if cfg.MODEL.BUA.CAFFE_MAXPOOL:
-        old = backbone.stem
-        stem = CaffeMaxPoolStem(in_channels=old.in_channels, out_channels=old.out_channels,
-                                norm=cfg.MODEL.RESNETS.NORM)
-        stem.conv1 = old.conv1
-        backbone.stem = stem
+        use_caffe_maxpool(backbone, cfg.MODEL.RESNETS.NORM)
     return backbone
 
 
