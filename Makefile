@@ -36,12 +36,18 @@ data-captions: setup
 demo-pretrain: data-captions
 	CONFIG=configs/quick_schedules/VLBERT-Tiny-SyntheticPretrain.yaml OUT=output/tiny_synthetic_pretrain bash scripts/demo.sh
 
-# The paper's whole pipeline in miniature (projects/SyntheticVL/pipeline.py), about 7 minutes:
-# train the bottom-up-attention detector on the synthetic scenes, extract its regions (with
-# their features) for colour and shape questions, train VL-BERT on them, evaluate. Resumable.
-.PHONY: demo-pipeline
+# The paper's whole pipeline in miniature (projects/SyntheticVL/pipeline.py; README: Measured):
+# train the bottom-up-attention detector on the synthetic scenes, extract its regions, then
+# VL-BERT on them: VQA on its features, RefCOCO+ and VCR from the pixels with its trunk,
+# pre-training against its class distributions. Resumable.
+.PHONY: demo-pipeline ablation-pipeline
 demo-pipeline: setup
 	$(PY) projects/SyntheticVL/pipeline.py
+
+# The pre-training ablation on the pipeline's regions (needs make demo-pipeline's output):
+# fine-tuning from the pre-trained model vs from BERT only, 5 seeds, per question type.
+ablation-pipeline: setup
+	$(PY) projects/SyntheticVL/pipeline_ablation.py
 
 # The miniature of the paper's pre-training ablation (README: Measured), about 45 minutes.
 # The synthetic data (data*) and this study: projects/SyntheticVL (package synthetic_vl).

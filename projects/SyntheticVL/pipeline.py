@@ -1,35 +1,46 @@
 #!/usr/bin/env python
 """The paper's whole pipeline in miniature, on CPU (make demo-pipeline): a bottom-up-attention
-detector trained on the synthetic scenes, its regions (with their pooled features) extracted
-for a VQA dataset of colour and shape questions, and a tiny VL-BERT trained on those regions.
+detector trained on the synthetic scenes (object classes = shapes, attributes = colours), then
+VL-BERT on what it sees: VQA on its extracted regions and features, RefCOCO+ and VCR end to end
+from the pixels with its trunk (MODEL.VLBERT.DETECTOR_WEIGHTS), and pre-training whose masked
+RoI classification predicts its class distributions.
 
-Stages (each a command, printed; finished ones are skipped on a rerun, so an interrupted
-pipeline resumes where it stopped):
+Stages (each a command, printed with its log; finished ones are skipped on a rerun, so an
+interrupted pipeline resumes where it stopped):
 
-1. detection data: ``python -m synthetic_vl --format detection`` (<datasets>/synthetic_detection)
-2. detector: projects/BottomUpAttention/train_detector.py with BUA-Tiny-Synthetic.yaml (skipped
-   when <out>/detector/model_final.pth exists, or with --detector-weights), then its box AP and
-   attribute (colour) accuracy on synthetic_detection_val
-3. VQA data: ``python -m synthetic_vl --format vqa --question-types color shape``
-   (<datasets>/synthetic_vqa_pixels)
-4. regions: tools/extract_regions.py --features over its train2014/val2014/test2015 images into
-   <datasets>/synthetic_vqa_pixels/bua_regions/{trainval2014,test2015} (the folders that the
-   synthetic_vqa_pixels_* datasets read; the generator's ground-truth detection files stay
-   where they are). Images already extracted are skipped; a folder written by another detector
-   is refused (its weights' hash is recorded in the folder).
-5. VL-BERT: tools/train_net.py with VLBERT-Tiny-PipelineVQA.yaml (MODEL.VLBERT.DETECTION_FEATURES:
-   the RoI features are the detector's; skipped when <out>/vqa/model_final.pth exists)
-6. evaluation: tools/train_net.py --eval-only on the saved model; VQA accuracy per question type.
+detector   1. detection data: python -m synthetic_vl --format detection (<datasets>/synthetic_detection)
+           2. projects/BottomUpAttention/train_detector.py with BUA-Tiny-Synthetic.yaml (skipped
+              when <out>/detector/model_final.pth exists, or with --detector-weights), then its
+              box AP and attribute (colour) accuracy on synthetic_detection_val
+vqa        colour and shape questions (<datasets>/synthetic_vqa_pixels): tools/extract_regions.py
+           --features over its images into bua_regions/, tools/train_net.py with
+           VLBERT-Tiny-PipelineVQA.yaml (MODEL.VLBERT.DETECTION_FEATURES: the detector's
+           features), --eval-only; VQA accuracy per question type
+refcoco    "the red kite" expressions (<datasets>/synthetic_refcoco_pixels): the detector's
+           regions over its images, written as the proposals file of the "_det" datasets; VL-BERT
+           with the detector's trunk (VLBERT-Tiny-PipelineRefCOCO+.yaml); accuracy at IoU >= 0.5
+           of the chosen region among the detector's
+vcr        colour, position and size questions (<datasets>/synthetic_vcr_pixels), on the
+           dataset's boxes, VL-BERT with the detector's trunk (VLBERT-Tiny-PipelineVCR.yaml);
+           Q->A per question type
+pretrain   captions (<datasets>/synthetic_captions_pixels): the detector's regions, class
+           distributions and features over their images; pre-training with
+           VLBERT-Tiny-PipelinePretrain.yaml, whose masked RoI classification predicts the
+           detector's class distribution; masked-RoI accuracy against the majority class
 
-Then a summary: the detector's AP50 and colour accuracy, the VQA accuracy per question type, the
-wall time of each stage (also in <out>/summary.json). The datasets root is $DETECTRON2_DATASETS
-(default ./datasets); the threads, $OMP_NUM_THREADS.
+A region folder records the sha256 of the detector that wrote it, and each VL-BERT run the one
+whose trunk or features it used: another detector's are refused (remove them to redo).
+
+Then a summary (also <out>/summary.json): each stage's figures and wall time. The datasets root
+is $DETECTRON2_DATASETS (default ./datasets); the threads, $OMP_NUM_THREADS.
 
 Example:
-    python projects/SyntheticVL/pipeline.py    # about 7 minutes on one CPU thread (418 s measured)
+    python projects/SyntheticVL/pipeline.py                      # everything (see the README)
+    python projects/SyntheticVL/pipeline.py --tasks vqa vcr      # the detector, then two tasks
     python projects/SyntheticVL/pipeline.py --detector-weights path/to/model_final.pth
 """
 import argparse
+import glob
 import hashlib
 import json
 import os
@@ -39,10 +50,13 @@ import subprocess
 import sys
 import time
 import warnings
+from collections import Counter
 
 # projects/SyntheticVL/pipeline.py -> the repository root.
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 DETECTOR_CONFIG = "projects/BottomUpAttention/configs/BUA-Tiny-Synthetic.yaml"
+TASKS = ("vqa", "refcoco", "vcr", "pretrain")
+
 VQA_CONFIG = "configs/quick_schedules/VLBERT-Tiny-PipelineVQA.yaml"
 VQA_FOLDER = "synthetic_vqa_pixels"
 VQA_QUESTION_TYPES = ("color", "shape")
@@ -50,17 +64,37 @@ VQA_QUESTION_TYPES = ("color", "shape")
 REGION_FOLDERS = {"train2014": "bua_regions/trainval2014", "val2014": "bua_regions/trainval2014",
                   "test2015": "bua_regions/test2015"}
 VQA_VAL = "synthetic_vqa_pixels_val2014"
+
+REFCOCO_CONFIG = "configs/quick_schedules/VLBERT-Tiny-PipelineRefCOCO+.yaml"
+REFCOCO_FOLDER = "synthetic_refcoco_pixels"
+REFCOCO_TYPES = ("color",)  # "the {colour} {shape}"
+REFCOCO_VAL = "synthetic_refcoco+_pixels_val_det"
+
+VCR_CONFIG = "configs/quick_schedules/VLBERT-Tiny-PipelineVCR.yaml"
+VCR_FOLDER = "synthetic_vcr_pixels"
+VCR_TYPES = ("color", "position", "size")
+# The first word of a synthetic VCR question -> its type (synthetic_vl/vcr.py).
+VCR_QUESTION_WORDS = {"what": "color", "where": "position", "which": "size"}
+VCR_VAL = "synthetic_vcr_pixels_val"
+
+PRETRAIN_CONFIG = "configs/quick_schedules/VLBERT-Tiny-PipelinePretrain.yaml"
+CAPTIONS_FOLDER = "synthetic_captions_pixels"
+CAPTION_TYPES = ("objects", "biggest", "where")
+CAPTIONS_VAL = "synthetic_captions_pixels_val"
 _STAMP = "DETECTOR_SHA256"
 
 
 def copypaste_tables(text):
-    """Every metrics table detectron2 printed ("copypaste: Task: X", names, values): {task: {name: value}}."""
+    """Every metrics table detectron2 printed ("copypaste: Task: X", names, values): {task: {name:
+    value}}. A task's tables of several test datasets are merged, the later's values winning (the
+    pre-training's: the captions' masked words and RoIs, then the text corpus's masked words)."""
     lines = re.findall(r"copypaste: (.*)", text)
     tables = {}
     for i, line in enumerate(lines):
         if line.startswith("Task: ") and i + 2 < len(lines):
             names, values = lines[i + 1].split(","), lines[i + 2].split(",")
-            tables[line[len("Task: "):].strip()] = {n: float(v) for n, v in zip(names, values)}
+            tables.setdefault(line[len("Task: "):].strip(), {}).update(
+                {n: float(v) for n, v in zip(names, values)})
     return tables
 
 
@@ -72,6 +106,26 @@ def sha256(path):
     return h.hexdigest()
 
 
+def vcr_accuracy_per_type(predictions_file, records_file):
+    """Q->A accuracy (percent) per question type of the synthetic VCR records, from the
+    evaluator's predictions file ({annot_id: {"scores": [4 floats], ...}})."""
+    labels, types = {}, {}
+    with open(records_file) as f:
+        for line in f:
+            if line.strip():
+                r = json.loads(line)
+                labels[r["annot_id"]] = r["answer_label"]
+                types[r["annot_id"]] = VCR_QUESTION_WORDS.get(r["question"][0], r["question"][0])
+    right, total = Counter(), Counter()
+    for annot_id, pred in json.load(open(predictions_file)).items():
+        scores = pred["scores"]
+        qtype = types[annot_id]
+        total[qtype] += 1
+        right[qtype] += int(max(range(len(scores)), key=scores.__getitem__) == labels[annot_id])
+    per_type = {t: round(100.0 * right[t] / total[t], 2) for t in sorted(total)}
+    return per_type, dict(total)
+
+
 class Pipeline:
     def __init__(self, args):
         self.args = args
@@ -79,6 +133,8 @@ class Pipeline:
         self.root = os.path.abspath(os.path.expanduser(os.getenv("DETECTRON2_DATASETS", "datasets")))
         self.env = dict(os.environ, DETECTRON2_DATASETS=self.root)
         self.times = {}
+        self.results = {}
+        self.data_info = {}  # dataset folder -> the generator's record
         os.makedirs(os.path.join(self.out, "logs"), exist_ok=True)
 
     def run(self, name, cmd):
@@ -106,13 +162,86 @@ class Pipeline:
         """--resume when an interrupted training left a checkpoint in ``run_dir``."""
         return ["--resume"] if os.path.isfile(os.path.join(run_dir, "last_checkpoint")) else []
 
-    # --- the stages ---
+    def stamp(self, folder, data=None):
+        """Record the detector's sha256 (and the generator's record of ``data``, a dataset
+        folder) in ``folder``; refuse a folder made with another detector or other data."""
+        text = self.digest + ("\n" + json.dumps(self.data_info[data], sort_keys=True) if data else "")
+        path = os.path.join(folder, _STAMP)
+        if os.path.isfile(path) and open(path).read().strip() != text:
+            raise SystemExit(f"{folder}: made with another detector or from other data ({path}); remove the "
+                             "folder to redo it with these")
+        os.makedirs(folder, exist_ok=True)
+        with open(path, "w") as f:
+            f.write(text + "\n")
+
+    def generate(self, name, fmt, folder, types, counts):
+        """python -m synthetic_vl (which leaves a complete dataset as it is); then the check that
+        the dataset there is the one asked for (seed, types, counts), from the generator's record."""
+        root = os.path.join(self.root, folder)
+        self.run(name, ["-m", "synthetic_vl", "--format", fmt, "--root", root, "--seed", str(self.args.seed),
+                        *(["--question-types", *types] if types else []), *(["--counts", *counts] if counts else [])])
+        markers = [f for f in os.listdir(root) if f.startswith(".synthetic") and f.endswith("_complete")]
+        info = json.load(open(os.path.join(root, markers[0]))) if len(markers) == 1 else None
+        if info is None:
+            raise SystemExit(f"{root}: no single record of the generator (.synthetic*_complete): {markers}")
+        wanted = {split: int(n) for split, n in (c.split("=") for c in counts)}
+        found_types = next((v for k, v in info.items() if k.endswith("_types")), [])
+        differs = [f"seed {info.get('seed')} (asked {self.args.seed})"] if info.get("seed") != self.args.seed else []
+        if types and list(found_types) != list(types):
+            differs.append(f"types {found_types} (asked {list(types)})")
+        differs += [f"{split}={info['counts'].get(split)} (asked {n})" for split, n in wanted.items()
+                    if info["counts"].get(split) != n]
+        if differs:
+            raise SystemExit(f"{root} holds another dataset: " + ", ".join(differs) + "; remove the folder "
+                             "(and its runs under " + self.out + ") to generate the one asked for")
+        self.data_info[folder] = info
+
+    def extract(self, name, output, source, data, features=True, naming="image_id"):
+        """tools/extract_regions.py with the detector; ``source``: ["--input", folder] or
+        ["--dataset", name], images of the dataset folder ``data``. Returns a one-line note;
+        failed images are reported."""
+        self.stamp(output, data)
+        text = self.run(name, ["tools/extract_regions.py", *source, "--output", output, "--config-file",
+                               DETECTOR_CONFIG, "--weights", self.weights, *(["--features"] if features else []),
+                               "--file-names", naming, "--device", "cpu", "--batch-size", "8", "--num-workers", "1",
+                               "--no-progress", *self.args.detector_opts])
+        found = re.findall(r"(\d+) images; (\d+) written, (\d+) already there, (\d+) failed", text)
+        total, written, skipped, failed = map(int, found[-1])
+        if failed:
+            # Kept apart: the next extraction into the same folder rewrites the report.
+            report = os.path.join(self.out, "logs", f"failed_images_{name}.tsv")
+            shutil.copyfile(os.path.join(output, "failed_images.tsv"), report)
+            print(f"   {name}: {failed} images failed (no region, unreadable...), listed in {report}; "
+                  "their records cannot be loaded", flush=True)
+        return f"{name}: {written} written, {skipped} already there, {failed} failed"
+
+    def train(self, name, config, data, opts, trunk=False):
+        """tools/train_net.py into <out>/<name> (skipped when its model_final.pth exists), on
+        the dataset folder ``data``; ``trunk``: VL-BERT's visual trunk is the detector's
+        (MODEL.VLBERT.DETECTOR_WEIGHTS)."""
+        run_dir = os.path.join(self.out, name)
+        self.stamp(run_dir, data)
+        if os.path.isfile(os.path.join(run_dir, "model_final.pth")):
+            return "done before: skipped"
+        self.run(f"{name}_train", ["tools/train_net.py", "--config-file", config, *self.resume(run_dir),
+                                   "OUTPUT_DIR", run_dir, "SEED", str(self.args.seed), *self.trunk_opts(trunk), *opts])
+        return None
+
+    def evaluate(self, name, config, opts, trunk=False):
+        """tools/train_net.py --eval-only on <out>/<name>/model_final.pth; returns (output folder, log)."""
+        run_dir = os.path.join(self.out, f"{name}_eval")
+        text = self.run(f"{name}_eval", ["tools/train_net.py", "--config-file", config, "--eval-only",
+                                         "MODEL.WEIGHTS", os.path.join(self.out, name, "model_final.pth"),
+                                         "OUTPUT_DIR", run_dir, *self.trunk_opts(trunk), *opts])
+        return run_dir, text
+
+    def trunk_opts(self, trunk):
+        return ["MODEL.VLBERT.DETECTOR_WEIGHTS", self.weights] if trunk else []
+
+    # --- the detector ---
 
     def detection_data(self):
-        counts = ["--counts", *self.args.detection_counts] if self.args.detection_counts else []
-        self.run("detection_data", ["-m", "synthetic_vl", "--format", "detection", "--root",
-                                    os.path.join(self.root, "synthetic_detection"), "--seed", str(self.args.seed),
-                                    *counts])
+        self.generate("detection_data", "detection", "synthetic_detection", (), self.args.detection_counts)
 
     def detector(self):
         metrics_file = os.path.join(self.out, "detector_metrics.json")
@@ -127,7 +256,8 @@ class Pipeline:
             raise SystemExit(f"--detector-weights: file not found: {self.weights}")
         known = json.load(open(metrics_file)) if os.path.isfile(metrics_file) else {}
         if not train and known.get("weights_sha256") == sha256(self.weights):
-            self.detector_metrics = known
+            self.digest = known["weights_sha256"]
+            self.results["detector"] = known
             return "done before: skipped"
         run_dir = run_dir if train else os.path.join(self.out, "detector_eval")
         tool = ["projects/BottomUpAttention/train_detector.py", "--config-file", DETECTOR_CONFIG]
@@ -138,50 +268,21 @@ class Pipeline:
             text = self.run("detector_eval", [*tool, "--eval-only", "MODEL.WEIGHTS", self.weights,
                                               "OUTPUT_DIR", run_dir, *self.args.detector_opts])
         tables = copypaste_tables(text)
-        self.detector_metrics = {"weights": self.weights, "weights_sha256": sha256(self.weights),
-                                 "bbox": tables.get("bbox", {}), "attributes": tables.get("attributes", {})}
-        json.dump(self.detector_metrics, open(metrics_file, "w"), indent=1)
+        self.digest = sha256(self.weights)
+        self.results["detector"] = {"weights": self.weights, "weights_sha256": self.digest,
+                                    "bbox": tables.get("bbox", {}), "attributes": tables.get("attributes", {})}
+        json.dump(self.results["detector"], open(metrics_file, "w"), indent=1)
         return "trained" if train else "evaluated"
 
+    # --- VQA on the extracted regions and features ---
+
     def vqa_data(self):
-        counts = ["--counts", *self.args.vqa_counts] if self.args.vqa_counts else []
-        self.run("vqa_data", ["-m", "synthetic_vl", "--format", "vqa", "--root", os.path.join(self.root, VQA_FOLDER),
-                              "--seed", str(self.args.seed), "--question-types", *VQA_QUESTION_TYPES, *counts])
+        self.generate("vqa_data", "vqa", VQA_FOLDER, VQA_QUESTION_TYPES, self.args.vqa_counts)
 
-    def regions(self):
-        digest, notes = sha256(self.weights), []
-        for images, folder in REGION_FOLDERS.items():
-            output = os.path.join(self.root, VQA_FOLDER, folder)
-            stamp = os.path.join(output, _STAMP)
-            if os.path.isfile(stamp) and open(stamp).read().strip() != digest:
-                raise SystemExit(f"{output}: extracted by another detector ({stamp}); remove the folder to "
-                                 "extract the regions of this one")
-            os.makedirs(output, exist_ok=True)
-            with open(stamp, "w") as f:
-                f.write(digest + "\n")
-            text = self.run(f"regions_{images}", [
-                "tools/extract_regions.py", "--input", os.path.join(self.root, VQA_FOLDER, images),
-                "--output", output, "--config-file", DETECTOR_CONFIG, "--weights", self.weights, "--features",
-                "--file-names", "image_id", "--device", "cpu", "--batch-size", "8", "--num-workers", "1",
-                "--no-progress", *self.args.detector_opts])
-            found = re.findall(r"(\d+) images; (\d+) written, (\d+) already there, (\d+) failed", text)
-            total, written, skipped, failed = map(int, found[-1])
-            notes.append(f"{images}: {written} written, {skipped} already there, {failed} failed")
-            if failed:
-                # Kept apart: the next subset's extraction into the same folder rewrites the report.
-                report = os.path.join(self.out, "logs", f"failed_images_{images}.tsv")
-                shutil.copyfile(os.path.join(output, "failed_images.tsv"), report)
-                print(f"   {images}: {failed} images failed (no region, unreadable...), listed in {report}; "
-                      "their questions cannot be loaded", flush=True)
-        return "; ".join(notes)
-
-    def vqa_train(self):
-        run_dir = os.path.join(self.out, "vqa")
-        if os.path.isfile(os.path.join(run_dir, "model_final.pth")):
-            return "done before: skipped"
-        self.run("vqa_train", ["tools/train_net.py", "--config-file", VQA_CONFIG, *self.resume(run_dir),
-                               "OUTPUT_DIR", run_dir, "SEED", str(self.args.seed), *self.args.vqa_opts])
-        return None
+    def vqa_regions(self):
+        return "; ".join(self.extract(f"regions_{images}", os.path.join(self.root, VQA_FOLDER, folder),
+                                      ["--input", os.path.join(self.root, VQA_FOLDER, images)], VQA_FOLDER)
+                         for images, folder in REGION_FOLDERS.items())
 
     def vqa_eval(self):
         with warnings.catch_warnings():  # torch's deprecation notes at import, printed by every tool's log already
@@ -189,44 +290,164 @@ class Pipeline:
             from vlbert_d2.data.datasets.vqa import load_annotations
             from vlbert_d2.evaluation.vqa_eval import vqa_metrics
 
-        run_dir = os.path.join(self.out, "vqa_eval")
-        text = self.run("vqa_eval", ["tools/train_net.py", "--config-file", VQA_CONFIG, "--eval-only",
-                                     "MODEL.WEIGHTS", os.path.join(self.out, "vqa", "model_final.pth"),
-                                     "OUTPUT_DIR", run_dir, *self.args.vqa_opts])
+        run_dir, text = self.evaluate("vqa", VQA_CONFIG, self.args.vqa_opts)
         results = os.path.join(run_dir, "inference", VQA_VAL, f"vqa_{VQA_VAL}_results.json")
         predictions = {r["question_id"]: r["answer"] for r in json.load(open(results))}
-        annotations = load_annotations(os.path.join(self.root, VQA_FOLDER, "vqa",
-                                                    "v2_mscoco_val2014_annotations.json"))
-        self.vqa_metrics = vqa_metrics(predictions, annotations)
-        self.vqa_metrics["reported"] = copypaste_tables(text).get("vqa", {})
-        self.vqa_metrics["num_questions"] = len(annotations)
-        return None
+        annotations = load_annotations(os.path.join(self.root, VQA_FOLDER, "vqa", "v2_mscoco_val2014_annotations.json"))
+        metrics = vqa_metrics(predictions, annotations)
+        metrics["reported"] = copypaste_tables(text).get("vqa", {})
+        metrics["num_questions"] = len(annotations)
+        self.results["vqa"] = metrics
+
+    # --- RefCOCO+ on the detector's regions, from the pixels ---
+
+    def refcoco_data(self):
+        self.generate("refcoco_data", "refcoco+", REFCOCO_FOLDER, REFCOCO_TYPES, self.args.refcoco_counts)
+
+    def refcoco_regions(self):
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", FutureWarning)
+            from vlbert_d2.data import BUA_PROPOSALS
+            from vlbert_d2.data.datasets.refcoco import write_proposals
+
+        folder = os.path.join(self.root, REFCOCO_FOLDER)
+        regions = os.path.join(folder, "bua_regions", "train2014")
+        note = self.extract("regions_refcoco", regions, ["--input", os.path.join(folder, "train2014")],
+                            REFCOCO_FOLDER, features=False)
+        written = write_proposals(glob.glob(os.path.join(regions, "*.json")), os.path.join(folder, BUA_PROPOSALS))
+        self.results["refcoco_proposals"] = written
+        return f"{note}; {written['boxes']} regions of {written['images']} images in {BUA_PROPOSALS}" + (
+            f" ({written['empty_boxes']} empty boxes left out)" if written["empty_boxes"] else "")
+
+    def refcoco_eval(self):
+        _, text = self.evaluate("refcoco", REFCOCO_CONFIG, self.args.refcoco_opts, trunk=True)
+        self.results["refcoco"] = copypaste_tables(text).get("refcoco", {})
+
+    # --- VCR from the pixels, on the dataset's boxes ---
+
+    def vcr_data(self):
+        counts = self.args.vcr_counts
+        self.generate("vcr_data", "vcr", VCR_FOLDER, VCR_TYPES, counts)
+
+    def vcr_eval(self):
+        run_dir, text = self.evaluate("vcr", VCR_CONFIG, self.args.vcr_opts, trunk=True)
+        per_type, counts = vcr_accuracy_per_type(
+            os.path.join(run_dir, "inference", VCR_VAL, "vcr_Q2A_predictions.json"),
+            os.path.join(self.root, VCR_FOLDER, "val.jsonl"))
+        self.results["vcr"] = {**copypaste_tables(text).get("vcr", {}), "per_type": per_type, "per_type_count": counts}
+
+    # --- pre-training against the detector's class distributions ---
+
+    def captions_data(self):
+        self.generate("captions_data", "captions", CAPTIONS_FOLDER, CAPTION_TYPES, self.args.caption_counts)
+
+    def captions_regions(self):
+        """The detector over the captions' images (inside the zip archives: read through the
+        generator's records), then {split}_bua.json: the records pointing at its files."""
+        folder = os.path.join(self.root, CAPTIONS_FOLDER)
+        notes = []
+        for split in ("train", "val"):
+            out = os.path.join(folder, "bua_regions", split)
+            notes.append(self.extract(f"regions_captions_{split}", out,
+                                      ["--dataset", f"synthetic_captions_pixels_gt_{split}"], CAPTIONS_FOLDER,
+                                      naming="stem"))
+            kept, left_out = [], []
+            with open(os.path.join(folder, f"{split}_frcnn.json")) as f:
+                for line in f:
+                    if not line.strip():
+                        continue
+                    record = json.loads(line)
+                    stem = os.path.splitext(os.path.basename(record["image"].split("@/")[-1]))[0]
+                    rel = os.path.join("bua_regions", split, f"{stem}.json")
+                    if os.path.isfile(os.path.join(folder, rel)):
+                        kept.append(json.dumps({**record, "frcnn": rel}))
+                    else:  # the detector failed on it (listed in the extraction's report)
+                        left_out.append(record["image"])
+            with open(os.path.join(folder, f"{split}_bua.json"), "w") as f:
+                f.write("\n".join(kept) + "\n")
+            if left_out:
+                print(f"   {split}: {len(left_out)} captions left out of {split}_bua.json (no region file): "
+                      f"{left_out[:5]}", flush=True)
+            self.results.setdefault("captions_left_out", {})[split] = len(left_out)
+        return "; ".join(notes)
+
+    def pretrain_eval(self):
+        _, text = self.evaluate("pretrain", PRETRAIN_CONFIG, self.args.pretrain_opts, trunk=True)
+        metrics = copypaste_tables(text).get("pretrain", {})
+        metrics["mvrc_majority_baseline"] = self.majority_baseline()
+        self.results["pretrain"] = metrics
+
+    def majority_baseline(self):
+        """The masked-RoI accuracy of always answering the most frequent most-probable class of
+        the val regions (the detector's class distributions): what "chance" means here."""
+        import numpy as np
+
+        from vlbert_d2.data.detections import read_detection
+
+        files = glob.glob(os.path.join(self.root, CAPTIONS_FOLDER, "bua_regions", "val", "*.json"))
+        top = Counter()
+        for f in files:
+            classes = read_detection(f)["classes"]
+            top.update(np.argmax(classes[:, 1:], axis=1).tolist())  # column 0: background
+        return round(100.0 * max(top.values()) / sum(top.values()), 2) if top else float("nan")
 
     def main(self):
         start = time.time()
+        tasks = self.args.tasks
         self.stage("detection data", self.detection_data)
         self.stage("detector", self.detector)
-        self.stage("VQA data", self.vqa_data)
-        self.stage("regions", self.regions)
-        self.stage("VL-BERT VQA training", self.vqa_train)
-        self.stage("VL-BERT VQA evaluation", self.vqa_eval)
+        if "vqa" in tasks:
+            self.stage("VQA data", self.vqa_data)
+            self.stage("VQA regions", self.vqa_regions)
+            self.stage("VQA training", lambda: self.train("vqa", VQA_CONFIG, VQA_FOLDER, self.args.vqa_opts))
+            self.stage("VQA evaluation", self.vqa_eval)
+        if "refcoco" in tasks:
+            self.stage("RefCOCO+ data", self.refcoco_data)
+            self.stage("RefCOCO+ regions", self.refcoco_regions)
+            self.stage("RefCOCO+ training", lambda: self.train("refcoco", REFCOCO_CONFIG, REFCOCO_FOLDER,
+                                                                     self.args.refcoco_opts, True))
+            self.stage("RefCOCO+ evaluation", self.refcoco_eval)
+        if "vcr" in tasks:
+            self.stage("VCR data", self.vcr_data)
+            self.stage("VCR training", lambda: self.train("vcr", VCR_CONFIG, VCR_FOLDER, self.args.vcr_opts, True))
+            self.stage("VCR evaluation", self.vcr_eval)
+        if "pretrain" in tasks:
+            self.stage("captions data", self.captions_data)
+            self.stage("captions regions", self.captions_regions)
+            self.stage("pre-training", lambda: self.train("pretrain", PRETRAIN_CONFIG, CAPTIONS_FOLDER,
+                                                                   self.args.pretrain_opts, True))
+            self.stage("pre-training evaluation", self.pretrain_eval)
         total = round(time.time() - start, 1)
-        summary = {"threads": os.getenv("OMP_NUM_THREADS"), "seconds": self.times, "total_seconds": total,
-                   "detector": self.detector_metrics, "vqa": self.vqa_metrics}
+        summary = {"threads": os.getenv("OMP_NUM_THREADS"), "tasks": list(tasks), "seconds": self.times,
+                   "total_seconds": total, **self.results}
         json.dump(summary, open(os.path.join(self.out, "summary.json"), "w"), indent=1)
-        bbox, attrs = self.detector_metrics["bbox"], self.detector_metrics["attributes"]
-        print(f"\n== summary (OMP_NUM_THREADS={summary['threads']}; {os.path.join(self.out, 'summary.json')})")
-        print(f"detector ({self.weights}): AP50 {bbox.get('AP50', float('nan')):.2f}, AP "
-              f"{bbox.get('AP', float('nan')):.2f}, colour (attribute) accuracy "
-              f"{attrs.get('accuracy', float('nan')):.2f}")
-        print(f"VQA on the detector's regions ({VQA_VAL}, {self.vqa_metrics['num_questions']} questions): "
-              f"accuracy {self.vqa_metrics['overall']:.2f}")
-        for qtype, acc in sorted(self.vqa_metrics["perQuestionType"].items()):
-            print(f"  {qtype!r}: {acc:.2f}")
+        self.print_summary(summary)
+        return summary
+
+    def print_summary(self, s):
+        nan = float("nan")
+        print(f"\n== summary (OMP_NUM_THREADS={s['threads']}; {os.path.join(self.out, 'summary.json')})")
+        bbox, attrs = s["detector"]["bbox"], s["detector"]["attributes"]
+        print(f"detector ({self.weights}): AP50 {bbox.get('AP50', nan):.2f}, AP {bbox.get('AP', nan):.2f}, "
+              f"colour (attribute) accuracy {attrs.get('accuracy', nan):.2f}")
+        if "vqa" in s:
+            print(f"VQA on the detector's regions and features ({VQA_VAL}, {s['vqa']['num_questions']} questions): "
+                  f"accuracy {s['vqa']['overall']:.2f}; " + ", ".join(
+                      f"{q!r} {a:.2f}" for q, a in sorted(s["vqa"]["perQuestionType"].items())))
+        if "refcoco" in s:
+            print(f"RefCOCO+ on the detector's regions, from the pixels ({REFCOCO_VAL}): accuracy "
+                  f"{s['refcoco'].get('accuracy', nan):.2f}")
+        if "vcr" in s:
+            print(f"VCR from the pixels ({VCR_VAL}): Q->A {s['vcr'].get('Q2A', nan):.2f}; " + ", ".join(
+                f"{t} {a:.2f} ({s['vcr']['per_type_count'][t]})" for t, a in s["vcr"]["per_type"].items()))
+        if "pretrain" in s:
+            p = s["pretrain"]
+            print(f"pre-training ({CAPTIONS_VAL}): masked RoI accuracy {p.get('mvrc_acc', nan):.2f} "
+                  f"(majority class {p['mvrc_majority_baseline']:.2f}), masked words "
+                  f"{p.get('mlm_caption_acc', nan):.2f} (captions) / {p.get('mlm_text_acc', nan):.2f} (text)")
         for name, seconds in self.times.items():
             print(f"  {name:<24} {seconds:7.1f} s")
-        print(f"  {'total':<24} {total:7.1f} s")
-        return summary
+        print(f"  {'total':<24} {s['total_seconds']:7.1f} s")
 
 
 def parse_args(argv=None):
@@ -234,17 +455,21 @@ def parse_args(argv=None):
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--out", default=os.path.join(REPO, "output", "pipeline"),
                    help="output folder of the runs, logs and summary (default: output/pipeline)")
+    p.add_argument("--tasks", nargs="+", choices=TASKS, default=list(TASKS),
+                   help="the VL-BERT stages after the detector (default: all)")
     p.add_argument("--seed", type=int, default=0, help="data and training seed (default: 0)")
     p.add_argument("--detector-weights", default=None,
                    help="use this trained detector (a .pth of BUA-Tiny-Synthetic.yaml) instead of training one")
-    p.add_argument("--detection-counts", nargs="+", default=[], metavar="SPLIT=N",
-                   help="images of the detection data's splits (default: the generator's)")
-    p.add_argument("--vqa-counts", nargs="+", default=[], metavar="SPLIT=N",
-                   help="images of the VQA data's subsets (default: the generator's)")
+    for name, what in (("detection", "the detection data's splits"), ("vqa", "the VQA data's subsets"),
+                       ("refcoco", "the RefCOCO+ data's splits"), ("vcr", "the VCR data's splits (records)"),
+                       ("caption", "the captions' splits")):
+        p.add_argument(f"--{name}-counts", nargs="+", default=[], metavar="SPLIT=N",
+                       help=f"images of {what} (default: the generator's)")
     p.add_argument("--detector-opts", nargs="+", default=[], metavar="KEY VALUE",
                    help="overrides of the detector's config (training, evaluation and extraction)")
-    p.add_argument("--vqa-opts", nargs="+", default=[], metavar="KEY VALUE",
-                   help="overrides of the VL-BERT config (training and evaluation)")
+    for name in ("vqa", "refcoco", "vcr", "pretrain"):
+        p.add_argument(f"--{name}-opts", nargs="+", default=[], metavar="KEY VALUE",
+                       help=f"overrides of the {name} VL-BERT config (training and evaluation)")
     return p.parse_args(argv)
 
 

@@ -368,3 +368,51 @@ def test_training_step_gives_every_parameter_a_gradient(vqa_root, ref_root, task
     sum(model(inputs).values()).backward()
     assert [n for n, p in model.named_parameters() if p.requires_grad and p.grad is None] == []
     assert model.vl_bert.bert.pooler.dense.weight.grad.abs().sum() == 0
+
+
+def test_detector_regions_as_refcoco_proposals(ref_root, tmp_path, caplog):
+    """Per-image detection files (what tools/extract_regions.py writes) -> the MAttNet-layout
+    proposals file that the "_det" datasets read: boxes as x, y, w, h, the degenerate ones left
+    out and counted, every record's candidates exactly the image's detected boxes."""
+    from vlbert_d2.data.datasets.refcoco import load_proposals, write_proposals
+    from vlbert_d2.data.detections import write_detection
+
+    refs, inst, images = _ref_paths(ref_root)
+    val = load_refcoco(refs, inst, images, "val")
+    ids = sorted({d["image_id"] for d in val})
+    files = []
+    for k, image_id in enumerate(ids):
+        # Each image: its ground-truth boxes shifted by k pixels, and a box of zero width.
+        boxes = [[x1 + k, y1, x2 + k, y2] for x1, y1, x2, y2 in next(d["boxes"] for d in val if d["image_id"] == image_id)]
+        path = str(tmp_path / "regions" / f"{image_id}.json")
+        write_detection(path, encode_detection(image_id, 192, 128, boxes + [[5, 5, 5, 9]]))
+        files.append(path)
+    out = str(tmp_path / "refcoco+" / "proposal" / "bua_regions_dets.json")
+    written = write_proposals(files, out)
+    assert written == {"images": len(ids), "boxes": sum(len(d) for d in [
+        next(r["boxes"] for r in val if r["image_id"] == i) for i in ids]), "empty_boxes": len(ids),
+        "images_without_box": []}
+    assert f"left out {len(ids)} boxes of zero width or height" in caplog.text
+    raw = json.load(open(out))
+    first = next(r for r in raw if r["image_id"] == ids[0])
+    x1, y1, x2, y2 = next(d["boxes"] for d in val if d["image_id"] == ids[0])[0]
+    assert first["box"] == pytest.approx([x1, y1, x2 - x1, y2 - y1])
+    proposals = load_proposals(out)
+    det = load_refcoco(refs, inst, images, "val", out)
+    for d in det:
+        k = ids.index(d["image_id"])
+        gt = next(r["boxes"] for r in val if r["image_id"] == d["image_id"])
+        np.testing.assert_allclose(d["boxes"], [[a + k, b, c + k, e] for a, b, c, e in gt], atol=1e-4)
+        assert d["boxes"] == proposals[d["image_id"]]
+    # A file of an image with only a degenerate box: counted, named; a non-integer id: refused.
+    only = str(tmp_path / "regions" / "only.json")
+    write_detection(only, encode_detection(ids[0], 192, 128, [[3, 3, 3, 3]]))
+    assert write_proposals([only], out)["images_without_box"] == [ids[0]]
+    named = str(tmp_path / "regions" / "named.json")
+    write_detection(named, encode_detection("kite.jpg", 192, 128, [[3, 3, 9, 9]]))
+    with pytest.raises(DetectionFormatError, match="named.json: field 'image_id' must be an integer"):
+        write_proposals([named], out)
+    broken = tmp_path / "regions" / "broken.json"
+    broken.write_text('{"image_id": 1, "image_w": 4')
+    with pytest.raises(DetectionFormatError, match="broken.json"):
+        write_proposals([str(broken)], out)

@@ -1,9 +1,12 @@
 """The paper's whole pipeline in miniature (projects/SyntheticVL/pipeline.py, make demo-pipeline),
 end to end on a handful of images: a tiny detector trained a few iterations, its regions and
-features extracted, VL-BERT trained two iterations on them and evaluated. Then the checks: the
-extracted files are the detector's output, the VQA records point at them (not at the
-generator's ground-truth files, which stay), and the VQA mapper in precomputed-feature mode
-feeds their features to the model. CPU, one thread."""
+features extracted, VL-BERT trained two iterations on them for each task (VQA on its features,
+RefCOCO+ and VCR with its trunk, pre-training against its class distributions) and evaluated.
+Then the checks: the extracted files are the detector's output, the VQA records point at them
+(not at the generator's ground-truth files, which stay) and the VQA mapper in
+precomputed-feature mode feeds their features to the model; the RefCOCO+ candidates are the
+detector's boxes; the RefCOCO+ and VCR models' frozen stem is the detector's; the pre-training's
+masked-RoI targets are the detector's class distributions. CPU, one thread."""
 import json
 import os
 import subprocess
@@ -30,6 +33,9 @@ DETECTOR_OPTS = ["MODEL.BUA.BOX_SOURCE", "proposals", "INPUT.MIN_SIZE_TRAIN", "(
                  "SOLVER.STEPS", "()", "SOLVER.WARMUP_ITERS", "5", "DATALOADER.NUM_WORKERS", "0"]
 VQA_OPTS = ["SOLVER.MAX_ITER", "2", "SOLVER.IMS_PER_BATCH", "4", "SOLVER.WARMUP_ITERS", "1", "TEST.EVAL_PERIOD", "0",
             "DATALOADER.NUM_WORKERS", "0"]
+# The trunk at the test detector's scale.
+TRUNK_OPTS = [*VQA_OPTS, "INPUT.MIN_SIZE_TRAIN", "(128,)", "INPUT.MAX_SIZE_TRAIN", "192", "INPUT.MIN_SIZE_TEST", "128",
+              "INPUT.MAX_SIZE_TEST", "192", "SOLVER.STEPS", "()"]
 
 
 @pytest.fixture(scope="module")
@@ -46,7 +52,10 @@ def run(tmp_path_factory):
     env = dict(os.environ, DETECTRON2_DATASETS=str(root), OMP_NUM_THREADS="1")
     done = subprocess.run([sys.executable, PIPELINE, "--out", str(out), "--detection-counts", "train=6", "val=3",
                            "--vqa-counts", "train2014=6", "val2014=3", "test2015=2",
-                           "--detector-opts", *DETECTOR_OPTS, "--vqa-opts", *VQA_OPTS],
+                           "--refcoco-counts", "train=4", "val=2", "testA=1", "testB=1",
+                           "--vcr-counts", "train=4", "val=3", "test=1", "--caption-counts", "train=6", "val=3",
+                           "--detector-opts", *DETECTOR_OPTS, "--vqa-opts", *VQA_OPTS, "--refcoco-opts", *TRUNK_OPTS,
+                           "--vcr-opts", *TRUNK_OPTS, "--pretrain-opts", *VQA_OPTS],
                           cwd=REPO, env=env, capture_output=True, text=True, timeout=600)
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
     assert "== summary" in done.stdout
@@ -61,9 +70,20 @@ def test_pipeline_summary(run):
     assert vqa["num_questions"] == 6  # 3 images, a colour and a shape question each
     assert set(vqa["perQuestionType"]) == {"what color is", "what shape is"}
     assert vqa["overall"] == pytest.approx(vqa["reported"]["accuracy"], abs=0.01)
-    assert set(summary["seconds"]) == {"detection data", "detector", "VQA data", "regions", "VL-BERT VQA training",
-                                       "VL-BERT VQA evaluation"}
-    assert os.path.isfile(out / "detector" / "model_final.pth") and os.path.isfile(out / "vqa" / "model_final.pth")
+    assert set(summary["seconds"]) == {
+        "detection data", "detector", "VQA data", "VQA regions", "VQA training", "VQA evaluation", "RefCOCO+ data",
+        "RefCOCO+ regions", "RefCOCO+ training", "RefCOCO+ evaluation", "VCR data", "VCR training", "VCR evaluation",
+        "captions data", "captions regions", "pre-training", "pre-training evaluation"}
+    for run_dir in ("detector", "vqa", "refcoco", "vcr", "pretrain"):
+        assert os.path.isfile(out / run_dir / "model_final.pth"), run_dir
+    assert 0 <= summary["refcoco"]["accuracy"] <= 100
+    vcr = summary["vcr"]
+    assert sum(vcr["per_type_count"].values()) == 3 and set(vcr["per_type"]) <= {"color", "position", "size"}
+    # The per-type accuracies, weighted by their counts, are the evaluator's overall Q->A.
+    overall = sum(vcr["per_type"][t] * n for t, n in vcr["per_type_count"].items()) / 3
+    assert overall == pytest.approx(vcr["Q2A"], abs=0.01)
+    assert {"mvrc_acc", "mlm_caption_acc", "mvrc_majority_baseline"} <= set(summary["pretrain"])
+    assert summary["captions_left_out"] == {"train": 0, "val": 0}
 
 
 def test_regions_are_the_detectors_output(run):
@@ -124,3 +144,71 @@ def test_vqa_loader_reads_the_extracted_regions(run):
     assert "image" not in out
     torch.testing.assert_close(out["features"][1:], torch.from_numpy(det["features"]))
     torch.testing.assert_close(out["features"][0], torch.from_numpy(det["features"]).mean(0))
+
+
+def test_refcoco_candidates_are_the_detectors_boxes(run):
+    from vlbert_d2.data import BUA_PROPOSALS
+    from vlbert_d2.data.datasets.refcoco import load_refcoco
+    from vlbert_d2.data.detections import read_detection
+
+    root, _, _ = run
+    folder = root / pipeline.REFCOCO_FOLDER
+    records = load_refcoco(str(folder / "refcoco+" / "refs(unc).p"), str(folder / "refcoco+" / "instances.json"),
+                           str(folder / "train2014"), "val", str(folder / BUA_PROPOSALS))
+    assert records
+    for r in records:
+        det = read_detection(str(folder / "bua_regions" / "train2014" / f"{r['image_id']}.json"))
+        np.testing.assert_allclose(r["boxes"], det["boxes"], atol=1e-3)
+
+
+def test_trunk_runs_start_from_the_detector(run):
+    """The RefCOCO+ and VCR models' stem and res2 (frozen: FREEZE_AT 2) are the detector's
+    weights, bit for bit, after training: MODEL.VLBERT.DETECTOR_WEIGHTS was loaded."""
+    _, out, _ = run
+    detector = torch.load(out / "detector" / "model_final.pth", weights_only=True)["model"]
+    for task in ("refcoco", "vcr"):
+        model = torch.load(out / task / "model_final.pth", weights_only=True)["model"]
+        for name in ("backbone.stem.conv1.weight", "backbone.res2.0.conv2.weight"):
+            assert torch.equal(model["region_extractor." + name], detector[name]), (task, name)
+        # res5 was trained from the detector's: moved, but not far.
+        trained, start = model["region_extractor.res5.0.conv1.weight"], detector["roi_heads.res5.0.conv1.weight"]
+        assert not torch.equal(trained, start)
+        assert float((trained - start).norm() / start.norm()) < 0.5
+
+
+def test_pretraining_targets_are_the_detectors_classes(run):
+    from detectron2.config import get_cfg
+    from detectron2.data import DatasetCatalog
+
+    from vlbert_d2 import add_vlbert_config
+    from vlbert_d2.data import PretrainDatasetMapper
+    from vlbert_d2.data.datasets.pretrain import register_conceptual_captions
+    from vlbert_d2.data.detections import read_detection
+
+    root, _, _ = run
+    folder = root / pipeline.CAPTIONS_FOLDER
+    name = "pytest_pipeline_captions_val"
+    register_conceptual_captions(name, str(folder), "val_bua.json")
+    records = DatasetCatalog.get(name)
+    assert len(records) == 3
+    cfg = add_vlbert_config(get_cfg())
+    cfg.merge_from_file(os.path.join(REPO, pipeline.PRETRAIN_CONFIG))
+    from vlbert_d2.data.pretrain_mapper import select_boxes
+
+    p = cfg.MODEL.VLBERT.PRETRAIN
+    mapper = PretrainDatasetMapper(cfg, is_train=True)  # training: some RoIs are chosen for the task
+    chosen = 0
+    for r in records:
+        assert r["detection_file"].startswith(str(folder / "bua_regions" / "val"))
+        det = read_detection(r["detection_file"])
+        assert det["classes"].shape[1] == p.NUM_REGION_CLASSES
+        keep = select_boxes(det["classes"], p.MIN_BOXES, p.MAX_BOXES, p.SCORE_THRESH, r["detection_file"])
+        for _ in range(5):
+            out = mapper(r)
+            # RoI 0 is the whole image; the others are the file's kept regions, a chosen one's
+            # target its class distribution row.
+            torch.testing.assert_close(out["features"][1:], torch.from_numpy(det["features"][keep]))
+            rows = out["mvrc_targets"][1:].sum(1) > 0
+            torch.testing.assert_close(out["mvrc_targets"][1:][rows], torch.from_numpy(det["classes"][keep][rows.numpy()]))
+            chosen += int(rows.sum())
+    assert chosen > 0

@@ -224,3 +224,27 @@ def test_the_project_modules_share_only_public_names():
     private = [(f, m, n) for f, m, names in _imports(project) if m.startswith("synthetic_vl")
                for n in names if n.startswith("_")]
     assert private == []
+
+
+def test_objects_caption_names_every_object_in_its_place(tmp_path, capsys):
+    """The "objects" caption type (make demo-pipeline's pre-training), on a hand-made scene:
+    every object with its colour, shape and quadrant, left to right; drawn only when asked."""
+    from synthetic_vl.captions import CAPTION_TYPES, _sentence
+
+    objects = [{"box": [150, 90, 170, 110], "color": "orange", "name": "ball", "size": 20},
+               {"box": [4, 6, 30, 32], "color": "red", "name": "kite", "size": 26},
+               {"box": [60, 80, 90, 110], "color": "blue", "name": "box", "size": 30}]
+    assert _sentence("objects", objects, 192, 128) == (
+        "there is a red kite at the top left, a blue box at the bottom left and an orange ball at the "
+        "bottom right.")
+    assert _sentence("objects", objects[:1], 192, 128) == "there is an orange ball at the bottom right."
+    assert "objects" not in CAPTION_TYPES  # the default captions stay as they were
+    root = str(tmp_path / "captions")
+    synthetic.main(["--format", "captions", "--root", root, "--counts", "train=2", "val=1",
+                    "--question-types", "objects", "biggest"])
+    for line in open(os.path.join(root, "train_frcnn.json")):
+        caption = " ".join(json.loads(line)["caption"])
+        assert caption.startswith("there is ") and " at the " in caption and "the biggest object is" in caption
+    with pytest.raises(SystemExit):
+        synthetic.main(["--format", "vqa", "--root", str(tmp_path / "vqa"), "--question-types", "objects"])
+    assert "not a vqa type" in capsys.readouterr().err

@@ -10,6 +10,7 @@ from detectron2.data import DatasetCatalog
 from ..tasks import get_task, task_for_cfg
 from .build import MixedBatchLoader, build_vlbert_train_loader
 from .datasets import register_refcoco, register_vcr, register_vqa
+from .datasets.refcoco import PROPOSALS_FILE
 from .datasets.generic import register_generic_dataset, register_generic_from_cfg  # your own data
 from .datasets.pretrain import register_conceptual_captions, register_text_corpus
 from .pretrain_mapper import PretrainDatasetMapper
@@ -34,6 +35,11 @@ _VCR_DATASETS = [
     ("synthetic_vcr_size_train", "synthetic_vcr_size", "train", SYNTHETIC_CLASSES),
     ("synthetic_vcr_size_val", "synthetic_vcr_size", "val", SYNTHETIC_CLASSES),
     ("synthetic_vcr_size_test", "synthetic_vcr_size", "test", SYNTHETIC_CLASSES),
+    # The pipeline's data (make demo-pipeline): colour, position and size questions, answered
+    # from the pixels by the tiny detector's trunk (configs/quick_schedules/VLBERT-Tiny-PipelineVCR.yaml).
+    ("synthetic_vcr_pixels_train", "synthetic_vcr_pixels", "train", SYNTHETIC_CLASSES),
+    ("synthetic_vcr_pixels_val", "synthetic_vcr_pixels", "val", SYNTHETIC_CLASSES),
+    ("synthetic_vcr_pixels_test", "synthetic_vcr_pixels", "test", SYNTHETIC_CLASSES),
 ]
 
 # VQA v2: (name, COCO folder, subset, image folder, detection folder). Detections: the 10-100
@@ -59,11 +65,18 @@ _VQA_DATASETS = [
                                  ("valminusminival2014", "val2014", "trainval"),
                                  ("test-dev2015", "test2015", "test"), ("test2015", "test2015", "test"))
 ]
-# RefCOCO+ (UNC splits): (name, folder, split, detected regions?). "_det": the MAttNet proposals.
+# RefCOCO+ (UNC splits): (name, folder, split, detected regions?, proposals file). "_det": the
+# MAttNet proposals; for the pipeline's data, the regions of the tiny detector, which
+# projects/SyntheticVL/pipeline.py writes (vlbert_d2.data.datasets.refcoco.write_proposals).
+BUA_PROPOSALS = os.path.join("refcoco+", "proposal", "bua_regions_dets.json")
 _REFCOCO_DATASETS = [
-    (f"{prefix}_{split}{'_det' if det else ''}", folder, split, det)
-    for prefix, folder in (("refcoco+", "coco"), ("synthetic_refcoco+", "synthetic_refcoco"),
-                           ("synthetic_refcoco+_geometry", "synthetic_refcoco_geometry"))
+    (f"{prefix}_{split}{'_det' if det else ''}", folder, split, det, proposals)
+    for prefix, folder, proposals in (
+        ("refcoco+", "coco", PROPOSALS_FILE), ("synthetic_refcoco+", "synthetic_refcoco", PROPOSALS_FILE),
+        ("synthetic_refcoco+_geometry", "synthetic_refcoco_geometry", PROPOSALS_FILE),
+        # The pipeline's data (make demo-pipeline): "the red kite" expressions, on the regions of
+        # the tiny detector (configs/quick_schedules/VLBERT-Tiny-PipelineRefCOCO+.yaml).
+        ("synthetic_refcoco+_pixels", "synthetic_refcoco_pixels", BUA_PROPOSALS))
     for split in ("train", "val", "testA", "testB") for det in (False, True)
 ]
 
@@ -75,6 +88,13 @@ _CAPTION_DATASETS = [
     ("conceptual_captions_val", "conceptual-captions", "val_frcnn.json"),
     ("synthetic_captions_train", "synthetic_captions", "train_frcnn.json"),
     ("synthetic_captions_val", "synthetic_captions", "val_frcnn.json"),
+    # The pipeline's captions (make demo-pipeline): "_gt" with the generator's boxes and classes;
+    # the others with the regions, class distributions and features of the tiny detector, which
+    # projects/SyntheticVL/pipeline.py extracts and points {train,val}_bua.json at.
+    ("synthetic_captions_pixels_gt_train", "synthetic_captions_pixels", "train_frcnn.json"),
+    ("synthetic_captions_pixels_gt_val", "synthetic_captions_pixels", "val_frcnn.json"),
+    ("synthetic_captions_pixels_train", "synthetic_captions_pixels", "train_bua.json"),
+    ("synthetic_captions_pixels_val", "synthetic_captions_pixels", "val_bua.json"),
 ]
 _TEXT_DATASETS = [
     # The official corpus files: BooksCorpus (bc1g.doc) and English Wikipedia (wiki.doc).
@@ -82,6 +102,8 @@ _TEXT_DATASETS = [
     ("en_corpus_val", "en_corpus", ("bc1g.doc",)),
     ("synthetic_corpus_train", "synthetic_captions", ("corpus_train.txt",)),
     ("synthetic_corpus_val", "synthetic_captions", ("corpus_val.txt",)),
+    ("synthetic_corpus_pixels_train", "synthetic_captions_pixels", ("corpus_train.txt",)),
+    ("synthetic_corpus_pixels_val", "synthetic_captions_pixels", ("corpus_val.txt",)),
 ]
 
 # Which mapper formats a task's inputs: task name (vlbert_d2/tasks.py) -> mapper class, called
@@ -152,9 +174,9 @@ def register_all(root=None):
         if name not in DatasetCatalog.list():
             register_vqa(name, os.path.join(root, folder), subset, images, detections,
                          os.path.join("vqa", "answers_vqa.txt"), ["train2014", "val2014"])
-    for name, folder, split, detected in _REFCOCO_DATASETS:
+    for name, folder, split, detected, proposals in _REFCOCO_DATASETS:
         if name not in DatasetCatalog.list():
-            register_refcoco(name, os.path.join(root, folder), split, detected)
+            register_refcoco(name, os.path.join(root, folder), split, detected, proposals_file=proposals)
     for name, folder, json_file in _CAPTION_DATASETS:
         if name not in DatasetCatalog.list():
             register_conceptual_captions(name, os.path.join(root, folder), json_file)

@@ -17,7 +17,7 @@ evaluators run end to end without the real data:
 Every question, expression and caption needs the image. The same seed gives byte-identical files.
 Command line: ``python -m synthetic_vl --help``.
 """
-from .captions import (CAPTION_DEFAULT_COUNTS, CAPTION_MARKER, CAPTION_TYPES,
+from .captions import (CAPTION_DEFAULT_COUNTS, CAPTION_EXTRA_TYPES, CAPTION_MARKER, CAPTION_TYPES,
                        ensure_synthetic_captions, generate_captions, is_complete_captions)
 from .cli import main
 from .detection import (DETECTION_DEFAULT_COUNTS, DETECTION_MARKER, detection_attributes,
@@ -53,7 +53,7 @@ __all__ = [
     "refcoco_image_file",
     # captions
     "generate_captions", "ensure_synthetic_captions", "is_complete_captions",
-    "CAPTION_DEFAULT_COUNTS", "CAPTION_TYPES", "CAPTION_MARKER",
+    "CAPTION_DEFAULT_COUNTS", "CAPTION_TYPES", "CAPTION_EXTRA_TYPES", "CAPTION_MARKER",
     # detection with attributes
     "generate_detection", "ensure_synthetic_detection", "is_complete_detection",
     "DETECTION_DEFAULT_COUNTS", "DETECTION_MARKER", "detection_instances_file", "detection_image_file",

@@ -30,6 +30,11 @@ from .writing import ensure, start_generation, subset_rng, write_bytes
 
 CAPTION_DEFAULT_COUNTS = {"train": 2000, "val": 200}
 CAPTION_TYPES = ("count", "sides", "biggest", "where")
+# Accepted, not drawn by default: "objects" names every object with its colour, shape and
+# quadrant ("a red kite at the top left, ..."), so that a masked region's class can be told from
+# the caption and the region's place (make demo-pipeline's pre-training: masked RoI
+# classification against the detector's class distributions).
+CAPTION_EXTRA_TYPES = ("objects",)
 CAPTION_MARKER = ".synthetic_captions_complete"
 _WORDS = {1: "one", 2: "two", 3: "three", 4: "four", 5: "five"}
 
@@ -50,12 +55,20 @@ def _sentence(ctype, objects, width, height):
     if ctype == "where":
         top, side = QUADRANTS[quadrant(big["box"], width, height)]
         return f"the biggest one is at the {top} {side}."
+    if ctype == "objects":
+        parts = []
+        for o in sorted(objects, key=lambda o: (o["box"][0] + o["box"][2], o["box"][1])):  # left to right
+            top, side = QUADRANTS[quadrant(o["box"], width, height)]
+            article = "an" if o["color"][0] in "aeiou" else "a"
+            parts.append(f"{article} {o['color']} {o['name']} at the {top} {side}")
+        listed = parts[0] if len(parts) == 1 else ", ".join(parts[:-1]) + " and " + parts[-1]
+        return f"there is {listed}."
     raise ValueError(f"unknown caption type {ctype!r}")
 
 
 # Sentences every caption has (when among the types): the facts that need all the regions. Then
 # one more of the other types, drawn.
-_ALWAYS = ("count", "sides")
+_ALWAYS = ("count", "sides", "objects")
 
 
 def _caption(rng, objects, width, height, types):
@@ -116,8 +129,9 @@ def generate_captions(root, counts=None, seed=0, image_size=(192, 128),
         counts: ``{"train": n, "val": n}`` images (missing splits: :data:`CAPTION_DEFAULT_COUNTS`).
         seed: same seed, same files.
         image_size: ``(width, height)``.
-        caption_types: the sentences of a caption (:data:`CAPTION_TYPES`): "count" and "sides"
-            when given, plus one drawn from the others.
+        caption_types: the sentences of a caption (:data:`CAPTION_TYPES`, and
+            :data:`CAPTION_EXTRA_TYPES` when asked for): "count", "sides" and "objects" when
+            given, plus one drawn from the others.
 
     Returns:
         ``{split: num_images}``.
@@ -128,9 +142,9 @@ def generate_captions(root, counts=None, seed=0, image_size=(192, 128),
         raise ValueError(f"unknown splits {sorted(unknown)}; "
                          f"expected some of {list(CAPTION_DEFAULT_COUNTS)}")
     types = tuple(dict.fromkeys(caption_types))
-    bad = [t for t in types if t not in CAPTION_TYPES]
+    bad = [t for t in types if t not in CAPTION_TYPES + CAPTION_EXTRA_TYPES]
     if not types or bad:
-        raise ValueError(f"caption_types must be a non-empty subset of {CAPTION_TYPES}, "
+        raise ValueError(f"caption_types must be a non-empty subset of {CAPTION_TYPES + CAPTION_EXTRA_TYPES}, "
                          f"got {caption_types}")
     marker = start_generation(root, CAPTION_MARKER)
     for split, count in counts.items():

@@ -3,7 +3,7 @@ import argparse
 import os
 import time
 
-from .captions import (CAPTION_DEFAULT_COUNTS, CAPTION_TYPES, ensure_synthetic_captions,
+from .captions import (CAPTION_DEFAULT_COUNTS, CAPTION_EXTRA_TYPES, CAPTION_TYPES, ensure_synthetic_captions,
                        generate_captions)
 from .detection import (DETECTION_DEFAULT_COUNTS, ensure_synthetic_detection,
                         generate_detection)
@@ -26,6 +26,8 @@ FORMATS = {
     "detection": (generate_detection, ensure_synthetic_detection, DETECTION_DEFAULT_COUNTS, (),
                   None),
 }
+# Types a format accepts besides its default ones (which are all drawn when none are given).
+EXTRA_TYPES = {"captions": CAPTION_EXTRA_TYPES}
 # Default output folder per --format: folders that vlbert_d2.data registers (under ./datasets,
 # the default $DETECTRON2_DATASETS); the detection dataset is registered by projects/BottomUpAttention.
 DEFAULT_ROOTS = {"vcr": "datasets/synthetic_vcr", "vqa": "datasets/synthetic_vqa",
@@ -77,7 +79,8 @@ def build_parser():
                    help="question types (refcoco+: expression types, captions: sentence types) to "
                         "draw from, default all ("
                         + "; ".join(f"{k}: {' '.join(v[3])}" for k, v in FORMATS.items() if v[3])
-                        + "; detection has none)")
+                        + "; detection has none; captions also accept: "
+                        + " ".join(CAPTION_EXTRA_TYPES) + ")")
     p.add_argument("--questions-per-image", type=int, default=None,
                    help="vqa only: questions per image, of distinct types (default: 2)")
     p.add_argument("--force", action="store_true",
@@ -104,10 +107,11 @@ def main(argv=None):
         if getattr(args, split) is not None:
             counts[split] = getattr(args, split)
     types = tuple(args.question_types or known)
-    unknown = [t for t in types if t not in known]
+    allowed = tuple(known) + EXTRA_TYPES.get(args.format, ())
+    unknown = [t for t in types if t not in allowed]
     if unknown:
         p.error(f"--question-types {' '.join(unknown)}: not a {args.format} type "
-                f"(choose from {', '.join(known)})")
+                f"(choose from {', '.join(allowed)})")
     root = args.root or DEFAULT_ROOTS[args.format]
     kwargs = {"counts": counts, "seed": args.seed, "image_size": tuple(args.image_size)}
     if types_key is not None:

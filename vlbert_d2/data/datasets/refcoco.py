@@ -12,6 +12,7 @@
 One dataset record per expression (sentence). The candidate regions are the image's ground-truth
 annotations, or the detected regions of the proposals file.
 """
+import json
 import logging
 import math
 import os
@@ -19,7 +20,8 @@ from collections import defaultdict
 
 from detectron2.data import DatasetCatalog, MetadataCatalog
 
-from ...utils.files import read_json
+from ...utils.files import atomic_write, read_json
+from ..detections import DetectionFormatError, read_detection
 from ...utils.safe_pickle import PLAIN_GLOBALS, restricted_load
 
 logger = logging.getLogger(__name__)
@@ -189,11 +191,53 @@ def load_refcoco(refs_file, instances_file, image_dir, split, proposals_file=Non
     return dicts
 
 
-def register_refcoco(name, root, split, detected=False, evaluator_type="refcoco"):
-    """Register one RefCOCO+ split under ``name`` (``detected``: the proposals file's regions)."""
+def write_proposals(detection_files, path):
+    """Write the regions of per-image detection files (:mod:`vlbert_d2.data.detections`, e.g.
+    those of ``tools/extract_regions.py``) as a proposals file of the MAttNet layout that
+    :func:`load_proposals` reads: ``[{"image_id", "box": [x, y, w, h], "score"}]``.
+
+    Args:
+        detection_files (list[str]): one file per image; each is validated (a bad one raises
+            naming the file and field) and must hold an integer ``image_id``.
+        path (str): the proposals file, written atomically.
+
+    Returns:
+        dict: ``images`` read, ``boxes`` written, ``empty_boxes`` left out (zero width or height:
+        nothing to pool; logged) and ``images_without_box`` (their ids; an expression on one of
+        them stops the dataset's loading, naming the image).
+    """
+    dets, empty, no_box = [], 0, []
+    for f in sorted(detection_files):
+        det = read_detection(f)
+        image_id = det["image_id"]
+        if isinstance(image_id, bool) or not isinstance(image_id, int):
+            raise DetectionFormatError(f"{f}: field 'image_id' must be an integer (the COCO image id), "
+                                       f"got {image_id!r}")
+        kept = 0
+        for x1, y1, x2, y2 in det["boxes"].tolist():
+            if x2 > x1 and y2 > y1:
+                dets.append({"image_id": image_id, "box": [x1, y1, x2 - x1, y2 - y1]})
+                kept += 1
+            else:  # no pixel to pool (a detector's regression can collapse a box)
+                empty += 1
+        if not kept:
+            no_box.append(image_id)
+    os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
+    with atomic_write(path, "w", encoding="utf-8") as out:
+        json.dump(dets, out)
+    if empty:
+        logger.warning("%s: left out %d boxes of zero width or height; %d images have no box left%s", path,
+                       empty, len(no_box), f" (image ids {no_box[:10]})" if no_box else "")
+    return {"images": len(detection_files), "boxes": len(dets), "empty_boxes": empty,
+            "images_without_box": no_box}
+
+
+def register_refcoco(name, root, split, detected=False, evaluator_type="refcoco", proposals_file=PROPOSALS_FILE):
+    """Register one RefCOCO+ split under ``name`` (``detected``: the regions of ``proposals_file``,
+    relative to ``root``; by default the MAttNet file of the official preparation)."""
     refs = os.path.join(root, "refcoco+", "refs(unc).p")
     instances = os.path.join(root, "refcoco+", "instances.json")
-    proposals = os.path.join(root, PROPOSALS_FILE) if detected else None
+    proposals = os.path.join(root, proposals_file) if detected else None
     image_dir = os.path.join(root, "train2014")
 
     def load():
