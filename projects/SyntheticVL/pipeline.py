@@ -82,6 +82,8 @@ CAPTIONS_FOLDER = "synthetic_captions_pixels"
 CAPTION_TYPES = ("objects", "biggest", "where")
 CAPTIONS_VAL = "synthetic_captions_pixels_val"
 _STAMP = "DETECTOR_SHA256"
+# The pipeline's own sizes where they differ from the generator's (the whole pipeline in 20 minutes).
+DEFAULT_COUNTS = {"caption": ["train=1000", "val=200"]}
 
 
 def copypaste_tables(text):
@@ -463,8 +465,9 @@ def parse_args(argv=None):
     for name, what in (("detection", "the detection data's splits"), ("vqa", "the VQA data's subsets"),
                        ("refcoco", "the RefCOCO+ data's splits"), ("vcr", "the VCR data's splits (records)"),
                        ("caption", "the captions' splits")):
-        p.add_argument(f"--{name}-counts", nargs="+", default=[], metavar="SPLIT=N",
-                       help=f"images of {what} (default: the generator's)")
+        default = DEFAULT_COUNTS.get(name, [])
+        p.add_argument(f"--{name}-counts", nargs="+", default=default, metavar="SPLIT=N",
+                       help=f"images of {what} (default: {' '.join(default) or 'the generator' + chr(39) + 's'})")
     p.add_argument("--detector-opts", nargs="+", default=[], metavar="KEY VALUE",
                    help="overrides of the detector's config (training, evaluation and extraction)")
     for name in ("vqa", "refcoco", "vcr", "pretrain"):

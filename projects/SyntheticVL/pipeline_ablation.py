@@ -12,20 +12,24 @@ model and once from the BERT-only initialisation (no MODEL.WEIGHTS), everything 
   vqa       colour and shape questions on the detector's features (VLBERT-Tiny-PipelineVQA.yaml):
             VQA accuracy per question type
   refcoco   "the red kite" among the detector's regions, from the pixels with the detector's trunk
-            (VLBERT-Tiny-PipelineRefCOCO+.yaml): accuracy at IoU >= 0.5 (grounding)
+            (VLBERT-Tiny-PipelineRefCOCO+.yaml, 16 expressions a batch): accuracy at IoU >= 0.5
+            (grounding)
 
 Reported per task and question type: each init's mean over the seeds, the paired gain
 (pre-trained minus BERT only, seed by seed), its mean, its standard error (sd / sqrt(n)) and
 whether the mean is at least twice the standard error. The pre-trained model is the same for
 every seed (one pre-training); the seeds vary the fine-tuning. Every run is a
 tools/train_net.py command (printed, logged); finished runs are reused, so an interrupted study
-resumes. Threads: $OMP_NUM_THREADS (fix it: results depend on it in the last bits).
+resumes. Each run uses --threads CPU threads (default 1; results depend on it in the last bits),
+--jobs runs at a time (default 2: the tiny runs use two cores better side by side than one run
+on both).
 
 Example:
     make demo-pipeline && make ablation-pipeline
     python projects/SyntheticVL/pipeline_ablation.py --seeds 0 1 2 3 4 --tasks vqa refcoco
 """
 import argparse
+import concurrent.futures
 import json
 import math
 import os
@@ -40,7 +44,7 @@ import pipeline  # noqa: E402  (the pipeline's constants and helpers)
 REPO = pipeline.REPO
 FINETUNE = {"vqa": pipeline.VQA_CONFIG, "refcoco": pipeline.REFCOCO_CONFIG}
 DEFAULT_FRACTION = {"vqa": 0.05, "refcoco": 0.1}
-DEFAULT_ITERS = {"vqa": 150, "refcoco": 150}
+DEFAULT_ITERS = {"vqa": 150, "refcoco": 100}
 
 
 def paired(pre, base):
@@ -57,7 +61,7 @@ class Ablation:
         self.out = os.path.abspath(args.out)
         self.pipeline_out = os.path.abspath(args.pipeline)
         self.root = os.path.abspath(os.path.expanduser(os.getenv("DETECTRON2_DATASETS", "datasets")))
-        self.env = dict(os.environ, DETECTRON2_DATASETS=self.root)
+        self.env = dict(os.environ, DETECTRON2_DATASETS=self.root, OMP_NUM_THREADS=str(args.threads))
         self.pretrained = os.path.join(self.pipeline_out, "pretrain", "model_final.pth")
         self.detector = os.path.join(self.pipeline_out, "detector", "model_final.pth")
         for path in (self.pretrained, self.detector):
@@ -77,7 +81,7 @@ class Ablation:
             proc = subprocess.run(cmd, cwd=REPO, env=self.env, stdout=f, stderr=subprocess.STDOUT)
         if proc.returncode:
             raise SystemExit(f"{name}: failed (exit {proc.returncode}); see {log}")
-        print(f"  {time.time() - start:.0f} s (log: {log})", flush=True)
+        print(f"  {name}: {time.time() - start:.0f} s (log: {log})", flush=True)
         return open(log).read()
 
     def finetune(self, task, seed, init):
@@ -93,8 +97,9 @@ class Ablation:
         opts = ["SEED", str(seed), "MODEL.WEIGHTS", self.pretrained if init == "pretrained" else "",
                 "DATALOADER.TRAIN_FRACTION", str(getattr(a, f"{task}_fraction")), "SOLVER.MAX_ITER", str(iters),
                 "SOLVER.CHECKPOINT_PERIOD", str(iters), "TEST.EVAL_PERIOD", str(iters), "OUTPUT_DIR", run_dir]
-        if task == "refcoco":  # the detector's trunk (the pre-trained model carries it too)
-            opts += ["MODEL.VLBERT.DETECTOR_WEIGHTS", self.detector, "SOLVER.WARMUP_ITERS", str(min(30, iters // 5))]
+        if task == "refcoco":  # the detector's trunk (the pre-trained model carries it too), 16 a batch
+            opts += ["MODEL.VLBERT.DETECTOR_WEIGHTS", self.detector, "SOLVER.IMS_PER_BATCH", "16",
+                     "SOLVER.WARMUP_ITERS", str(min(30, iters // 5))]
         text = self.run(name, ["--config-file", FINETUNE[task], *opts])
         if task == "vqa":
             result = self.vqa_result(run_dir)
@@ -119,14 +124,15 @@ class Ablation:
 
     def main(self):
         a = self.args
+        keys = [(task, init, seed) for seed in a.seeds for task in a.tasks for init in ("pretrained", "bert_only")]
         runs = {}
-        for seed in a.seeds:
-            for task in a.tasks:
-                for init in ("pretrained", "bert_only"):
-                    runs[(task, init, seed)] = self.finetune(task, seed, init)
-                    shown = ", ".join(f"{k} {v:.2f}" for k, v in runs[(task, init, seed)].items())
-                    print(f"seed {seed} {task} {init}: {shown}", flush=True)
-        summary = {"threads": os.getenv("OMP_NUM_THREADS"), "seeds": a.seeds, "pretrained": self.pretrained,
+        with concurrent.futures.ThreadPoolExecutor(max_workers=a.jobs) as pool:
+            futures = {key: pool.submit(self.finetune, key[0], key[2], key[1]) for key in keys}
+            for key in keys:  # in order, as they finish
+                runs[key] = futures[key].result()
+                shown = ", ".join(f"{k} {v:.2f}" for k, v in runs[key].items())
+                print(f"seed {key[2]} {key[0]} {key[1]}: {shown}", flush=True)
+        summary = {"threads_per_run": a.threads, "jobs": a.jobs, "seeds": a.seeds, "pretrained": self.pretrained,
                    "settings": {t: {"fraction": getattr(a, f"{t}_fraction"), "iters": getattr(a, f"{t}_iters")}
                                 for t in a.tasks},
                    "tasks": {}}
@@ -142,7 +148,7 @@ class Ablation:
                                 "holds": bool(gain >= 2 * se) if not math.isnan(se) else False}
             summary["tasks"][task] = rows
         json.dump(summary, open(os.path.join(self.out, "results.json"), "w"), indent=1)
-        print(f"\n== pre-training ablation (OMP_NUM_THREADS={summary['threads']}, seeds {a.seeds}; "
+        print(f"\n== pre-training ablation ({a.threads} thread(s) per run, seeds {a.seeds}; "
               f"{os.path.join(self.out, 'results.json')})")
         print("| task | measure | pre-trained | BERT only | paired gain +- SE | gain >= 2 SE |")
         print("|---|---|---|---|---|---|")
@@ -161,6 +167,8 @@ def parse_args(argv=None):
     p.add_argument("--out", default=os.path.join(REPO, "output", "pipeline_ablation"),
                    help="output folder (default: output/pipeline_ablation)")
     p.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2, 3, 4], help="seeds (default: 0 1 2 3 4)")
+    p.add_argument("--threads", type=int, default=1, help="CPU threads of each run (default: 1)")
+    p.add_argument("--jobs", type=int, default=2, help="runs at a time (default: 2)")
     p.add_argument("--tasks", nargs="+", choices=list(FINETUNE), default=list(FINETUNE),
                    help="fine-tuning tasks (default: vqa refcoco)")
     for task in FINETUNE:

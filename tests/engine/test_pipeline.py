@@ -212,3 +212,20 @@ def test_pretraining_targets_are_the_detectors_classes(run):
             torch.testing.assert_close(out["mvrc_targets"][1:][rows], torch.from_numpy(det["classes"][keep][rows.numpy()]))
             chosen += int(rows.sum())
     assert chosen > 0
+
+
+def test_ablation_paired_gain_hand_computed():
+    import pipeline_ablation
+
+    # Paired differences 2, 4, 6: mean 4, sd 2, SE 2 / sqrt(3).
+    gain, se = pipeline_ablation.paired([12.0, 14.0, 16.0], [10.0, 10.0, 10.0])
+    assert gain == pytest.approx(4.0) and se == pytest.approx(2.0 / 3 ** 0.5)
+    gain, se = pipeline_ablation.paired([50.0], [40.0])
+    assert gain == 10.0 and se != se  # one seed: no standard error (NaN)
+
+
+def test_ablation_needs_the_pipelines_output(tmp_path):
+    import pipeline_ablation
+
+    with pytest.raises(SystemExit, match="pretrain/model_final.pth: not found; run the pipeline first"):
+        pipeline_ablation.main(["--pipeline", str(tmp_path / "nothing"), "--out", str(tmp_path / "out")])
