@@ -5,7 +5,6 @@ outside oracle: its own modules, its own resize, its own pooling); ``.pth`` file
 ``weights_only=True`` (a file that asks for code is refused, nothing of it runs)."""
 import os
 
-import cv2
 import numpy as np
 import pytest
 import torch
@@ -14,7 +13,7 @@ from conftest import REPO, make_cfg
 
 import bua  # noqa: E402  (tests/conftest.py puts projects/BottomUpAttention on the path)
 from bua.checkpoint import BottomUpCheckpointer  # noqa: E402
-from bua.testing import calibrate_frozen_norms  # noqa: E402
+from bua.testing import calibrate_frozen_norms, noisy_rectangles_image  # noqa: E402
 
 CONFIG = os.path.join(REPO, "projects", "BottomUpAttention", "configs", "BUA-Tiny-Synthetic.yaml")
 # The synthetic-scene detector's layout, narrower, with frozen norms (so that random weights can be
@@ -25,14 +24,7 @@ DETECTOR_OPTS = ["MODEL.RESNETS.NORM", "FrozenBN", "MODEL.RESNETS.RES2_OUT_CHANN
                  "INPUT.MIN_SIZE_TEST", "96", "INPUT.MAX_SIZE_TEST", "160", "MODEL.DEVICE", "cpu"]
 
 
-def _image(seed, h, w):
-    rng = np.random.default_rng(seed)
-    img = rng.integers(0, 60, (h, w, 3), dtype=np.uint8)
-    for _ in range(4):
-        x, y = int(rng.integers(0, w - 24)), int(rng.integers(0, h - 24))
-        color = tuple(int(c) for c in rng.integers(80, 256, 3))
-        cv2.circle(img, (x + 12, y + 12), int(rng.integers(6, 12)), color, -1)
-    return img
+_image = noisy_rectangles_image
 
 
 @pytest.fixture(scope="module")

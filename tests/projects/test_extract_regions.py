@@ -18,7 +18,7 @@ from conftest import REPO
 
 import bua  # noqa: E402
 from bua.extraction import extract_regions, list_folder_images, plan_outputs  # noqa: E402
-from bua.testing import TINY_OPTS, calibrate_frozen_norms  # noqa: E402
+from bua.testing import TINY_OPTS, calibrate_frozen_norms, noisy_rectangles_image  # noqa: E402
 from vlbert_d2.data.detections import read_detection  # noqa: E402
 
 CONFIG = os.path.join(REPO, "projects", "BottomUpAttention", "configs", "BUA-R101-C4-VG.yaml")
@@ -36,15 +36,7 @@ def _load_tool():
 tool = _load_tool()
 
 
-def _image(seed, h, w):
-    """Coloured rectangles on a noisy background (something for the RPN to see)."""
-    rng = np.random.default_rng(seed)
-    img = rng.integers(0, 60, (h, w, 3), dtype=np.uint8)
-    for _ in range(4):
-        x, y = int(rng.integers(0, w - 20)), int(rng.integers(0, h - 20))
-        color = tuple(int(c) for c in rng.integers(80, 256, 3))
-        cv2.rectangle(img, (x, y), (x + int(rng.integers(10, 40)), y + int(rng.integers(10, 40))), color, -1)
-    return img
+_image = noisy_rectangles_image
 
 
 @pytest.fixture(scope="module")

@@ -1,4 +1,6 @@
 """Helpers for tests and trials with random weights: a tiny detector and sane activations."""
+import cv2
+import numpy as np
 import torch
 
 from detectron2.layers import FrozenBatchNorm2d
@@ -13,6 +15,18 @@ TINY_OPTS = [
     "MODEL.BUA.NUM_ATTRIBUTES", "12", "MODEL.BUA.ATTRIBUTE_EMBED_DIM", "8", "MODEL.BUA.ATTRIBUTE_FC_DIM", "16",
     "INPUT.MIN_SIZE_TEST", "96", "INPUT.MAX_SIZE_TEST", "160", "MODEL.DEVICE", "cpu",
 ]
+
+
+def noisy_rectangles_image(seed, h, w):
+    """An (h, w, 3) uint8 BGR image: 4 coloured rectangles on a noisy background (something for
+    the RPN to see); the same seed, the same image."""
+    rng = np.random.default_rng(seed)
+    img = rng.integers(0, 60, (h, w, 3), dtype=np.uint8)
+    for _ in range(4):
+        x, y = int(rng.integers(0, w - 20)), int(rng.integers(0, h - 20))
+        color = tuple(int(c) for c in rng.integers(80, 256, 3))
+        cv2.rectangle(img, (x, y), (x + int(rng.integers(10, 40)), y + int(rng.integers(10, 40))), color, -1)
+    return img
 
 
 def calibrate_frozen_norms(detector, images, image_format="BGR", seed=0):
