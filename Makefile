@@ -42,7 +42,7 @@ demo-pretrain: data-captions
 # pre-training against its class distributions. Resumable.
 .PHONY: demo-pipeline ablation-pipeline
 demo-pipeline: setup
-	$(PY) projects/SyntheticVL/pipeline.py
+	$(PY) projects/SyntheticVL/pipeline.py --jobs 2
 
 # The pre-training ablation on the pipeline's regions (needs make demo-pipeline's output):
 # fine-tuning from the pre-trained model vs from BERT only, 5 seeds, per question type.
@@ -54,9 +54,11 @@ ablation-pipeline: setup
 ablation-pretrain: data-captions data-vqa
 	OMP_NUM_THREADS=1 $(PY) projects/SyntheticVL/pretrain_ablation.py --seeds 0 1 2
 
-# The lint (ruff.toml), then the suite.
+# The lint (ruff.toml), then the suite: TEST_WORKERS pytest-xdist processes, each test file's
+# tests in one of them (their module fixtures are built once); the tests run torch on one thread.
+TEST_WORKERS ?= 2
 test: setup lint
-	$(PY) -m pytest -q tests
+	$(PY) -m pytest -q -n $(TEST_WORKERS) --dist loadfile tests
 
 lint: setup
 	$(VENV)/bin/ruff check .

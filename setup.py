@@ -22,5 +22,5 @@ setup(
         "tqdm",
     ],
     # ruff: the lint that make test (and so CI) runs first (ruff.toml).
-    extras_require={"dev": ["pytest>=7", "ruff>=0.17,<0.18"]},
+    extras_require={"dev": ["pytest>=7", "pytest-xdist>=3", "ruff>=0.17,<0.18"]},
 )

@@ -31,15 +31,23 @@ pretrain   captions (<datasets>/synthetic_captions_pixels): the detector's regio
 A region folder records the sha256 of the detector that wrote it, and each VL-BERT run the one
 whose trunk or features it used: another detector's are refused (remove them to redo).
 
+After the detector the four tasks are independent: --jobs N runs N of them at a time (longest
+first), each of their commands with $OMP_NUM_THREADS / N threads (at least 1). On 2 cores the
+tiny runs do more side by side on one thread each than one after the other on two (make
+demo-pipeline: --jobs 2). A task's figures depend on its thread count in the last bits, not on
+which tasks ran beside it.
+
 Then a summary (also <out>/summary.json): each stage's figures and wall time. The datasets root
-is $DETECTRON2_DATASETS (default ./datasets); the threads, $OMP_NUM_THREADS.
+is $DETECTRON2_DATASETS (default ./datasets); the threads, $OMP_NUM_THREADS (default: the cores).
 
 Example:
     python projects/SyntheticVL/pipeline.py                      # everything (see the README)
     python projects/SyntheticVL/pipeline.py --tasks vqa vcr      # the detector, then two tasks
     python projects/SyntheticVL/pipeline.py --detector-weights path/to/model_final.pth
+    OMP_NUM_THREADS=2 python projects/SyntheticVL/pipeline.py --jobs 2   # as make demo-pipeline
 """
 import argparse
+import concurrent.futures
 import glob
 import hashlib
 import json
@@ -56,6 +64,9 @@ from collections import Counter
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 DETECTOR_CONFIG = "projects/BottomUpAttention/configs/BUA-Tiny-Synthetic.yaml"
 TASKS = ("vqa", "refcoco", "vcr", "pretrain")
+# With --jobs > 1 the tasks start longest first (measured on one thread: pre-training, RefCOCO+,
+# VQA, VCR), so that the last one to start is short.
+LONGEST_FIRST = ("pretrain", "refcoco", "vqa", "vcr")
 
 VQA_CONFIG = "configs/quick_schedules/VLBERT-Tiny-PipelineVQA.yaml"
 VQA_FOLDER = "synthetic_vqa_pixels"
@@ -133,20 +144,26 @@ class Pipeline:
         self.args = args
         self.out = os.path.abspath(args.out)
         self.root = os.path.abspath(os.path.expanduser(os.getenv("DETECTRON2_DATASETS", "datasets")))
-        self.env = dict(os.environ, DETECTRON2_DATASETS=self.root)
+        self.threads = int(os.getenv("OMP_NUM_THREADS") or os.cpu_count() or 1)
+        # The detector runs alone on every thread; the tasks after it share them (--jobs).
+        self.task_threads = max(1, self.threads // args.jobs)
+        self.env = dict(os.environ, DETECTRON2_DATASETS=self.root, OMP_NUM_THREADS=str(self.threads))
+        self.task_env = dict(self.env, OMP_NUM_THREADS=str(self.task_threads))
         self.times = {}
         self.results = {}
         self.data_info = {}  # dataset folder -> the generator's record
         os.makedirs(os.path.join(self.out, "logs"), exist_ok=True)
 
-    def run(self, name, cmd):
+    def run(self, name, cmd, task=True):
         """Run ``cmd`` (a list; python scripts relative to the repository), its output to a log;
-        returns the output. Fails the pipeline with the log's end when the command fails."""
+        returns the output. Fails the pipeline with the log's end when the command fails.
+        ``task``: a task's command (--jobs: its share of the threads), else the detector's (all)."""
         cmd = [sys.executable, *cmd]
         log = os.path.join(self.out, "logs", f"{name}.log")
         print("$ " + " ".join(cmd[1:]), flush=True)
         with open(log, "w") as f:
-            proc = subprocess.run(cmd, cwd=REPO, env=self.env, stdout=f, stderr=subprocess.STDOUT)
+            proc = subprocess.run(cmd, cwd=REPO, env=self.task_env if task else self.env, stdout=f,
+                                  stderr=subprocess.STDOUT)
         text = open(log).read()
         if proc.returncode:
             raise SystemExit(f"{name}: failed (exit {proc.returncode}); the end of {log}:\n{text[-3000:]}")
@@ -176,12 +193,13 @@ class Pipeline:
         with open(path, "w") as f:
             f.write(text + "\n")
 
-    def generate(self, name, fmt, folder, types, counts):
+    def generate(self, name, fmt, folder, types, counts, task=True):
         """python -m synthetic_vl (which leaves a complete dataset as it is); then the check that
         the dataset there is the one asked for (seed, types, counts), from the generator's record."""
         root = os.path.join(self.root, folder)
         self.run(name, ["-m", "synthetic_vl", "--format", fmt, "--root", root, "--seed", str(self.args.seed),
-                        *(["--question-types", *types] if types else []), *(["--counts", *counts] if counts else [])])
+                        *(["--question-types", *types] if types else []), *(["--counts", *counts] if counts else [])],
+                 task=task)
         markers = [f for f in os.listdir(root) if f.startswith(".synthetic") and f.endswith("_complete")]
         info = json.load(open(os.path.join(root, markers[0]))) if len(markers) == 1 else None
         if info is None:
@@ -243,7 +261,7 @@ class Pipeline:
     # --- the detector ---
 
     def detection_data(self):
-        self.generate("detection_data", "detection", "synthetic_detection", (), self.args.detection_counts)
+        self.generate("detection_data", "detection", "synthetic_detection", (), self.args.detection_counts, task=False)
 
     def detector(self):
         metrics_file = os.path.join(self.out, "detector_metrics.json")
@@ -265,10 +283,10 @@ class Pipeline:
         tool = ["projects/BottomUpAttention/train_detector.py", "--config-file", DETECTOR_CONFIG]
         if train:
             text = self.run("detector", [*tool, *self.resume(run_dir), "OUTPUT_DIR", run_dir, "SEED",
-                                         str(self.args.seed), *self.args.detector_opts])
+                                         str(self.args.seed), *self.args.detector_opts], task=False)
         else:  # given or trained before: evaluated once
             text = self.run("detector_eval", [*tool, "--eval-only", "MODEL.WEIGHTS", self.weights,
-                                              "OUTPUT_DIR", run_dir, *self.args.detector_opts])
+                                              "OUTPUT_DIR", run_dir, *self.args.detector_opts], task=False)
         tables = copypaste_tables(text)
         self.digest = sha256(self.weights)
         self.results["detector"] = {"weights": self.weights, "weights_sha256": self.digest,
@@ -393,42 +411,62 @@ class Pipeline:
             top.update(np.argmax(classes[:, 1:], axis=1).tolist())  # column 0: background
         return round(100.0 * max(top.values()) / sum(top.values()), 2) if top else float("nan")
 
+    def task_stages(self):
+        """{task: [(stage name, callable), ...]}: each task's stages, in their order."""
+        a = self.args
+        return {
+            "vqa": [("VQA data", self.vqa_data), ("VQA regions", self.vqa_regions),
+                    ("VQA training", lambda: self.train("vqa", VQA_CONFIG, VQA_FOLDER, a.vqa_opts)),
+                    ("VQA evaluation", self.vqa_eval)],
+            "refcoco": [("RefCOCO+ data", self.refcoco_data), ("RefCOCO+ regions", self.refcoco_regions),
+                        ("RefCOCO+ training", lambda: self.train("refcoco", REFCOCO_CONFIG, REFCOCO_FOLDER,
+                                                                 a.refcoco_opts, True)),
+                        ("RefCOCO+ evaluation", self.refcoco_eval)],
+            "vcr": [("VCR data", self.vcr_data),
+                    ("VCR training", lambda: self.train("vcr", VCR_CONFIG, VCR_FOLDER, a.vcr_opts, True)),
+                    ("VCR evaluation", self.vcr_eval)],
+            "pretrain": [("captions data", self.captions_data), ("captions regions", self.captions_regions),
+                         ("pre-training", lambda: self.train("pretrain", PRETRAIN_CONFIG, CAPTIONS_FOLDER,
+                                                             a.pretrain_opts, True)),
+                         ("pre-training evaluation", self.pretrain_eval)],
+        }
+
     def main(self):
         start = time.time()
         tasks = self.args.tasks
         self.stage("detection data", self.detection_data)
         self.stage("detector", self.detector)
-        if "vqa" in tasks:
-            self.stage("VQA data", self.vqa_data)
-            self.stage("VQA regions", self.vqa_regions)
-            self.stage("VQA training", lambda: self.train("vqa", VQA_CONFIG, VQA_FOLDER, self.args.vqa_opts))
-            self.stage("VQA evaluation", self.vqa_eval)
-        if "refcoco" in tasks:
-            self.stage("RefCOCO+ data", self.refcoco_data)
-            self.stage("RefCOCO+ regions", self.refcoco_regions)
-            self.stage("RefCOCO+ training", lambda: self.train("refcoco", REFCOCO_CONFIG, REFCOCO_FOLDER,
-                                                                     self.args.refcoco_opts, True))
-            self.stage("RefCOCO+ evaluation", self.refcoco_eval)
-        if "vcr" in tasks:
-            self.stage("VCR data", self.vcr_data)
-            self.stage("VCR training", lambda: self.train("vcr", VCR_CONFIG, VCR_FOLDER, self.args.vcr_opts, True))
-            self.stage("VCR evaluation", self.vcr_eval)
-        if "pretrain" in tasks:
-            self.stage("captions data", self.captions_data)
-            self.stage("captions regions", self.captions_regions)
-            self.stage("pre-training", lambda: self.train("pretrain", PRETRAIN_CONFIG, CAPTIONS_FOLDER,
-                                                                   self.args.pretrain_opts, True))
-            self.stage("pre-training evaluation", self.pretrain_eval)
+        stages = self.task_stages()
+
+        def run_task(task):
+            for name, fn in stages[task]:
+                self.stage(name, fn)
+
+        if self.args.jobs == 1:
+            for task in TASKS:
+                if task in tasks:
+                    run_task(task)
+        else:
+            print(f"== the tasks {', '.join(t for t in LONGEST_FIRST if t in tasks)}, {self.args.jobs} at a time, "
+                  f"{self.task_threads} thread(s) each", flush=True)
+            with concurrent.futures.ThreadPoolExecutor(max_workers=self.args.jobs) as pool:
+                futures = [pool.submit(run_task, t) for t in LONGEST_FIRST if t in tasks]
+                # Every task runs to its end (or failure); then the first failure is raised.
+                for f in futures:
+                    f.exception()
+                for f in futures:
+                    f.result()
         total = round(time.time() - start, 1)
-        summary = {"threads": os.getenv("OMP_NUM_THREADS"), "tasks": list(tasks), "seconds": self.times,
-                   "total_seconds": total, **self.results}
+        summary = {"threads": self.threads, "jobs": self.args.jobs, "task_threads": self.task_threads,
+                   "tasks": list(tasks), "seconds": self.times, "total_seconds": total, **self.results}
         json.dump(summary, open(os.path.join(self.out, "summary.json"), "w"), indent=1)
         self.print_summary(summary)
         return summary
 
     def print_summary(self, s):
         nan = float("nan")
-        print(f"\n== summary (OMP_NUM_THREADS={s['threads']}; {os.path.join(self.out, 'summary.json')})")
+        print(f"\n== summary ({s['threads']} threads; the detector on all, the tasks {s['jobs']} at a time on "
+              f"{s['task_threads']} each; {os.path.join(self.out, 'summary.json')})")
         bbox, attrs = s["detector"]["bbox"], s["detector"]["attributes"]
         print(f"detector ({self.weights}): AP50 {bbox.get('AP50', nan):.2f}, AP {bbox.get('AP', nan):.2f}, "
               f"colour (attribute) accuracy {attrs.get('accuracy', nan):.2f}")
@@ -460,6 +498,8 @@ def parse_args(argv=None):
     p.add_argument("--tasks", nargs="+", choices=TASKS, default=list(TASKS),
                    help="the VL-BERT stages after the detector (default: all)")
     p.add_argument("--seed", type=int, default=0, help="data and training seed (default: 0)")
+    p.add_argument("--jobs", type=int, default=1,
+                   help="tasks run at a time after the detector, each on $OMP_NUM_THREADS / JOBS threads (default: 1)")
     p.add_argument("--detector-weights", default=None,
                    help="use this trained detector (a .pth of BUA-Tiny-Synthetic.yaml) instead of training one")
     for name, what in (("detection", "the detection data's splits"), ("vqa", "the VQA data's subsets"),
@@ -473,7 +513,10 @@ def parse_args(argv=None):
     for name in ("vqa", "refcoco", "vcr", "pretrain"):
         p.add_argument(f"--{name}-opts", nargs="+", default=[], metavar="KEY VALUE",
                        help=f"overrides of the {name} VL-BERT config (training and evaluation)")
-    return p.parse_args(argv)
+    args = p.parse_args(argv)
+    if args.jobs < 1:
+        p.error(f"--jobs must be at least 1, got {args.jobs}")
+    return args
 
 
 def main(argv=None):

@@ -98,7 +98,9 @@ def test_two_cpu_processes_match_one_process_with_the_whole_batch(data_root, tmp
 
 def test_train_net_runs_two_cpu_processes(data_root, tmp_path):
     env = dict(os.environ, DETECTRON2_DATASETS=str(data_root), OMP_NUM_THREADS="1")
-    res = subprocess.run([sys.executable, TRAIN_NET, "--config-file", TINY_YAML, "--num-gpus", "2"] + OPTS +
+    # A free port (detectron2's default is one per user: two suites at once would share it).
+    res = subprocess.run([sys.executable, TRAIN_NET, "--config-file", TINY_YAML, "--num-gpus", "2",
+                          "--dist-url", "auto"] + OPTS +
                          ["SOLVER.MAX_ITER", "2", "OUTPUT_DIR", str(tmp_path)], cwd=REPO, env=env,
                          capture_output=True, text=True, timeout=300)
     assert res.returncode == 0, res.stderr[-3000:]

@@ -6,7 +6,8 @@ Then the checks: the extracted files are the detector's output, the VQA records 
 (not at the generator's ground-truth files, which stay) and the VQA mapper in
 precomputed-feature mode feeds their features to the model; the RefCOCO+ candidates are the
 detector's boxes; the RefCOCO+ and VCR models' frozen stem is the detector's; the pre-training's
-masked-RoI targets are the detector's class distributions. CPU, one thread."""
+masked-RoI targets are the detector's class distributions. CPU: the detector on two threads,
+the tasks two at a time on one each."""
 import json
 import os
 import subprocess
@@ -49,8 +50,10 @@ def run(tmp_path_factory):
     vocab.parent.mkdir(parents=True)
     from synthetic_vl.scenes import PALETTE, SHAPES
     vocab.write_text("\n".join([*PALETTE, *SHAPES]) + "\n")
-    env = dict(os.environ, DETECTRON2_DATASETS=str(root), OMP_NUM_THREADS="1")
-    done = subprocess.run([sys.executable, PIPELINE, "--out", str(out), "--detection-counts", "train=6", "val=3",
+    # Two tasks at a time on one thread each, as make demo-pipeline runs them.
+    env = dict(os.environ, DETECTRON2_DATASETS=str(root), OMP_NUM_THREADS="2")
+    done = subprocess.run([sys.executable, PIPELINE, "--out", str(out), "--jobs", "2",
+                           "--detection-counts", "train=6", "val=3",
                            "--vqa-counts", "train2014=6", "val2014=3", "test2015=2",
                            "--refcoco-counts", "train=4", "val=2", "testA=1", "testB=1",
                            "--vcr-counts", "train=4", "val=3", "test=1", "--caption-counts", "train=6", "val=3",
@@ -64,6 +67,7 @@ def run(tmp_path_factory):
 
 def test_pipeline_summary(run):
     _, out, summary = run
+    assert (summary["threads"], summary["jobs"], summary["task_threads"]) == (2, 2, 1)
     assert {"AP50", "AP"} <= set(summary["detector"]["bbox"])
     assert "accuracy" in summary["detector"]["attributes"]
     vqa = summary["vqa"]
