@@ -39,7 +39,8 @@ demo-pretrain: data-captions
 # The paper's whole pipeline in miniature (projects/SyntheticVL/pipeline.py; README: Measured):
 # train the bottom-up-attention detector on the synthetic scenes, extract its regions, then
 # VL-BERT on them: VQA on its features, RefCOCO+ and VCR from the pixels with its trunk,
-# pre-training against its class distributions. Resumable.
+# pre-training against its class distributions. Resumable. After the detector, two tasks at a
+# time on one thread each (--jobs 2).
 .PHONY: demo-pipeline ablation-pipeline
 demo-pipeline: setup
 	$(PY) projects/SyntheticVL/pipeline.py --jobs 2

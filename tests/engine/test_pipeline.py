@@ -39,6 +39,20 @@ TRUNK_OPTS = [*VQA_OPTS, "INPUT.MIN_SIZE_TRAIN", "(128,)", "INPUT.MAX_SIZE_TRAIN
               "INPUT.MAX_SIZE_TEST", "192", "SOLVER.STEPS", "()"]
 
 
+def run_pipeline(root, out, *extra, vcr_opts=()):
+    """pipeline.py on the handful of images; two tasks at a time on one thread each, as make
+    demo-pipeline runs them."""
+    env = dict(os.environ, DETECTRON2_DATASETS=str(root), OMP_NUM_THREADS="2")
+    return subprocess.run([sys.executable, PIPELINE, "--out", str(out), "--jobs", "2",
+                           "--detection-counts", "train=6", "val=3",
+                           "--vqa-counts", "train2014=6", "val2014=3", "test2015=2",
+                           "--refcoco-counts", "train=4", "val=2", "testA=1", "testB=1",
+                           "--vcr-counts", "train=4", "val=3", "test=1", "--caption-counts", "train=6", "val=3",
+                           "--detector-opts", *DETECTOR_OPTS, "--vqa-opts", *VQA_OPTS, "--refcoco-opts", *TRUNK_OPTS,
+                           "--vcr-opts", *TRUNK_OPTS, *vcr_opts, "--pretrain-opts", *VQA_OPTS, *extra],
+                          cwd=REPO, env=env, capture_output=True, text=True, timeout=600)
+
+
 @pytest.fixture(scope="module")
 def run(tmp_path_factory):
     """The pipeline over 6 + 3 detection images and 6 + 3 + 2 VQA images; returns (datasets root,
@@ -50,16 +64,7 @@ def run(tmp_path_factory):
     vocab.parent.mkdir(parents=True)
     from synthetic_vl.scenes import PALETTE, SHAPES
     vocab.write_text("\n".join([*PALETTE, *SHAPES]) + "\n")
-    # Two tasks at a time on one thread each, as make demo-pipeline runs them.
-    env = dict(os.environ, DETECTRON2_DATASETS=str(root), OMP_NUM_THREADS="2")
-    done = subprocess.run([sys.executable, PIPELINE, "--out", str(out), "--jobs", "2",
-                           "--detection-counts", "train=6", "val=3",
-                           "--vqa-counts", "train2014=6", "val2014=3", "test2015=2",
-                           "--refcoco-counts", "train=4", "val=2", "testA=1", "testB=1",
-                           "--vcr-counts", "train=4", "val=3", "test=1", "--caption-counts", "train=6", "val=3",
-                           "--detector-opts", *DETECTOR_OPTS, "--vqa-opts", *VQA_OPTS, "--refcoco-opts", *TRUNK_OPTS,
-                           "--vcr-opts", *TRUNK_OPTS, "--pretrain-opts", *VQA_OPTS],
-                          cwd=REPO, env=env, capture_output=True, text=True, timeout=600)
+    done = run_pipeline(root, out)
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
     assert "== summary" in done.stdout
     return root, out, json.load(open(out / "summary.json"))
@@ -233,3 +238,19 @@ def test_ablation_needs_the_pipelines_output(tmp_path):
 
     with pytest.raises(SystemExit, match="pretrain/model_final.pth: not found; run the pipeline first"):
         pipeline_ablation.main(["--pipeline", str(tmp_path / "nothing"), "--out", str(tmp_path / "out")])
+
+
+def test_rerun_skips_what_is_done_and_a_failing_task_fails_the_pipeline(run):
+    """A rerun on the finished output trains nothing again; with --jobs 2, a task that fails (here
+    the VCR evaluation, given a config key that does not exist) fails the pipeline with its log's
+    end, after the task beside it has finished. (Last in this file: it rewrites the evaluations.)"""
+    root, out, _ = run
+    trained = {t: os.path.getmtime(out / t / "model_final.pth") for t in ("detector", "vqa", "vcr")}
+    done = run_pipeline(root, out, "--tasks", "vqa", "vcr", vcr_opts=["MODEL.NO_SUCH_KEY", "1"])
+    assert done.returncode != 0
+    assert "vcr_eval: failed (exit 1); the end of " + str(out / "logs" / "vcr_eval.log") in done.stderr
+    assert "MODEL.NO_SUCH_KEY" in done.stderr
+    for stage in ("detector", "VQA training", "VCR training"):
+        assert f"   {stage}: " in done.stdout and "done before: skipped" in done.stdout.split(f"   {stage}: ")[1].split("\n")[0]
+    assert "   VQA evaluation: " in done.stdout  # the other task ran to its end
+    assert {t: os.path.getmtime(out / t / "model_final.pth") for t in trained} == trained
