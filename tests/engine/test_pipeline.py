@@ -254,3 +254,9 @@ def test_rerun_skips_what_is_done_and_a_failing_task_fails_the_pipeline(run):
         assert f"   {stage}: " in done.stdout and "done before: skipped" in done.stdout.split(f"   {stage}: ")[1].split("\n")[0]
     assert "   VQA evaluation: " in done.stdout  # the other task ran to its end
     assert {t: os.path.getmtime(out / t / "model_final.pth") for t in trained} == trained
+
+
+def test_jobs_below_one_is_refused(capsys):
+    with pytest.raises(SystemExit):
+        pipeline.parse_args(["--jobs", "0"])
+    assert "--jobs must be at least 1, got 0" in capsys.readouterr().err
