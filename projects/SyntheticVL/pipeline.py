@@ -6,7 +6,8 @@ from the pixels with its trunk (MODEL.VLBERT.DETECTOR_WEIGHTS), and pre-training
 RoI classification predicts its class distributions.
 
 Stages (each a command, printed with its log; finished ones are skipped on a rerun, so an
-interrupted pipeline resumes where it stopped):
+interrupted pipeline resumes where it stopped; a run folder trained with other config files or
+options is refused, naming it, not skipped):
 
 detector   1. detection data: python -m synthetic_vl --format detection (<datasets>/synthetic_detection)
            2. projects/BottomUpAttention/train_detector.py with BUA-Tiny-Synthetic.yaml (skipped
@@ -93,6 +94,7 @@ CAPTIONS_FOLDER = "synthetic_captions_pixels"
 CAPTION_TYPES = ("objects", "biggest", "where")
 CAPTIONS_VAL = "synthetic_captions_pixels_val"
 _STAMP = "DETECTOR_SHA256"
+_CONFIG_STAMP = "CONFIG_SHA256"
 # The pipeline's own sizes where they differ from the generator's (the whole pipeline in 20 minutes).
 DEFAULT_COUNTS = {"caption": ["train=1000", "val=200"]}
 
@@ -116,6 +118,21 @@ def sha256(path):
     with open(path, "rb") as f:
         for block in iter(lambda: f.read(1 << 20), b""):
             h.update(block)
+    return h.hexdigest()
+
+
+def config_digest(config, opts):
+    """sha256 of a config file (relative to the repository, or absolute), of every file its
+    ``_BASE_`` chain names and of the options given on top: what decides how a run trains."""
+    h = hashlib.sha256()
+    path = os.path.join(REPO, config)
+    while path:
+        with open(path) as f:
+            text = f.read()
+        h.update(text.encode())
+        base = re.search(r"^_BASE_:\s*[\"']?([^\"'\n#]+)", text, re.M)
+        path = os.path.normpath(os.path.join(os.path.dirname(path), base.group(1).strip())) if base else None
+    h.update(json.dumps([str(o) for o in opts]).encode())
     return h.hexdigest()
 
 
@@ -193,6 +210,23 @@ class Pipeline:
         with open(path, "w") as f:
             f.write(text + "\n")
 
+    def config_stamp(self, run_dir, config, opts):
+        """Record which config (its files and the options on top) trains ``run_dir``; refuse a
+        run folder trained, or started, with another one: a rerun would skip it, or resume it,
+        with the old settings."""
+        digest = config_digest(config, opts)
+        path = os.path.join(run_dir, _CONFIG_STAMP)
+        if os.path.isfile(path):
+            if open(path).read().strip() != digest:
+                raise SystemExit(f"{run_dir}: trained with another config than {config} and the options "
+                                 f"{list(opts)} ({path}); remove the folder to train it again with these")
+        elif any(os.path.isfile(os.path.join(run_dir, f)) for f in ("model_final.pth", "last_checkpoint")):
+            raise SystemExit(f"{run_dir}: no record of the config it was trained with ({path}: made before "
+                             "the pipeline kept one); remove the folder to train it again")
+        os.makedirs(run_dir, exist_ok=True)
+        with open(path, "w") as f:
+            f.write(digest + "\n")
+
     def generate(self, name, fmt, folder, types, counts, task=True):
         """python -m synthetic_vl (which leaves a complete dataset as it is); then the check that
         the dataset there is the one asked for (seed, types, counts), from the generator's record."""
@@ -241,6 +275,7 @@ class Pipeline:
         (MODEL.VLBERT.DETECTOR_WEIGHTS)."""
         run_dir = os.path.join(self.out, name)
         self.stamp(run_dir, data)
+        self.config_stamp(run_dir, config, ["SEED", str(self.args.seed), *opts])
         if os.path.isfile(os.path.join(run_dir, "model_final.pth")):
             return "done before: skipped"
         self.run(f"{name}_train", ["tools/train_net.py", "--config-file", config, *self.resume(run_dir),
@@ -271,6 +306,7 @@ class Pipeline:
         else:
             run_dir = os.path.join(self.out, "detector")
             self.weights = os.path.join(run_dir, "model_final.pth")
+            self.config_stamp(run_dir, DETECTOR_CONFIG, ["SEED", str(self.args.seed), *self.args.detector_opts])
             train = not os.path.isfile(self.weights)
         if not train and not os.path.isfile(self.weights):
             raise SystemExit(f"--detector-weights: file not found: {self.weights}")

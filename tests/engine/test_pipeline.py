@@ -244,22 +244,6 @@ def test_ablation_needs_the_pipelines_output(tmp_path):
         pipeline_ablation.main(["--pipeline", str(tmp_path / "nothing"), "--out", str(tmp_path / "out")])
 
 
-def test_rerun_skips_what_is_done_and_a_failing_task_fails_the_pipeline(run):
-    """A rerun on the finished output trains nothing again; with --jobs 2, a task that fails (here
-    the VCR evaluation, given a config key that does not exist) fails the pipeline with its log's
-    end, after the task beside it has finished. (Last in this file: it rewrites the evaluations.)"""
-    root, out, _ = run
-    trained = {t: os.path.getmtime(out / t / "model_final.pth") for t in ("detector", "vqa", "vcr")}
-    done = run_pipeline(root, out, "--tasks", "vqa", "vcr", vcr_opts=["MODEL.NO_SUCH_KEY", "1"])
-    assert done.returncode != 0
-    assert "vcr_eval: failed (exit 1); the end of " + str(out / "logs" / "vcr_eval.log") in done.stderr
-    assert "MODEL.NO_SUCH_KEY" in done.stderr
-    for stage in ("detector", "VQA training", "VCR training"):
-        assert f"   {stage}: " in done.stdout and "done before: skipped" in done.stdout.split(f"   {stage}: ")[1].split("\n")[0]
-    assert "   VQA evaluation: " in done.stdout  # the other task ran to its end
-    assert {t: os.path.getmtime(out / t / "model_final.pth") for t in trained} == trained
-
-
 def test_jobs_below_one_is_refused(capsys):
     with pytest.raises(SystemExit):
         pipeline.parse_args(["--jobs", "0"])
@@ -312,3 +296,55 @@ def test_masked_word_probe_on_the_pipelines_model(run):
         correct, total = results[kind]
         assert total == sum(w in kinds[kind] for w in words), kind
         assert 0 <= correct <= total
+
+
+def test_config_digest_follows_the_base_chain_and_the_options(tmp_path):
+    base, cfg = tmp_path / "base.yaml", tmp_path / "sub" / "run.yaml"
+    cfg.parent.mkdir()
+    base.write_text("SOLVER:\n  BASE_LR: 0.001\n")
+    cfg.write_text('_BASE_: "../base.yaml"  # the base\nSEED: 0\n')
+    first = pipeline.config_digest(str(cfg), ["SOLVER.MAX_ITER", "10"])
+    assert pipeline.config_digest(str(cfg), ["SOLVER.MAX_ITER", "10"]) == first
+    assert pipeline.config_digest(str(cfg), ["SOLVER.MAX_ITER", "20"]) != first
+    base.write_text("SOLVER:\n  BASE_LR: 0.002\n")  # only the base changes
+    assert pipeline.config_digest(str(cfg), ["SOLVER.MAX_ITER", "10"]) != first
+
+
+def test_rerun_with_another_config_is_refused(run):
+    """A run folder trained with other options (or config files) is refused, naming it, rather
+    than skipped as done (its model would not be this config's)."""
+    root, out, _ = run
+    trained = os.path.getmtime(out / "vcr" / "model_final.pth")
+    done = run_pipeline(root, out, "--tasks", "vcr", vcr_opts=["SOLVER.BASE_LR", "0.002"])
+    assert done.returncode != 0
+    assert f"{out / 'vcr'}: trained with another config than {pipeline.VCR_CONFIG}" in done.stderr
+    assert "remove the folder to train it again" in done.stderr
+    assert os.path.getmtime(out / "vcr" / "model_final.pth") == trained
+    # A folder from before the record was kept (no CONFIG_SHA256 beside its model) is refused too.
+    stamp = out / "vcr" / pipeline._CONFIG_STAMP
+    kept = stamp.read_text()
+    stamp.unlink()
+    try:
+        done = run_pipeline(root, out, "--tasks", "vcr")
+        assert done.returncode != 0 and f"{out / 'vcr'}: no record of the config it was trained with" in done.stderr
+    finally:
+        stamp.write_text(kept)
+
+
+def test_rerun_skips_what_is_done_and_a_failing_task_fails_the_pipeline(run):
+    """A rerun on the finished output trains nothing again; with --jobs 2, a task that fails (here
+    the VCR evaluation, whose output folder is made a file) fails the pipeline with its log's
+    end, after the task beside it has finished. (Last in this file: it rewrites the evaluations.)"""
+    root, out, _ = run
+    trained = {t: os.path.getmtime(out / t / "model_final.pth") for t in ("detector", "vqa", "vcr")}
+    import shutil
+    shutil.rmtree(out / "vcr_eval", ignore_errors=True)
+    (out / "vcr_eval").write_text("not a folder")
+    done = run_pipeline(root, out, "--tasks", "vqa", "vcr")
+    assert done.returncode != 0
+    assert "vcr_eval: failed (exit 1); the end of " + str(out / "logs" / "vcr_eval.log") in done.stderr
+    assert "FileExistsError" in done.stderr or "Not a directory" in done.stderr
+    for stage in ("detector", "VQA training", "VCR training"):
+        assert f"   {stage}: " in done.stdout and "done before: skipped" in done.stdout.split(f"   {stage}: ")[1].split("\n")[0]
+    assert "   VQA evaluation: " in done.stdout  # the other task ran to its end
+    assert {t: os.path.getmtime(out / t / "model_final.pth") for t in trained} == trained
