@@ -15,10 +15,12 @@ corpus file (``text_file``, ``text_offset``, ``text_bytes``: see
 :func:`~.datasets.pretrain.read_corpus_sample`), so that the corpus stays on disk.
 
 Masking is random in training (numpy's global generator, which detectron2 seeds per worker from
-``SEED``) and a fixed function of the record in evaluation, so evaluations are repeatable.
+``SEED``) and a fixed function of the record in evaluation (its file's name and line, not the
+folder it is in), so evaluations are repeatable, wherever the dataset lives.
 """
 import copy
 import logging
+import os
 import zlib
 
 import numpy as np
@@ -194,7 +196,9 @@ class PretrainDatasetMapper:
     def _rng(self, d):
         if self.is_train:
             return np.random.default_rng(np.random.randint(2 ** 31 - 1))
-        return np.random.default_rng(zlib.crc32(d["source"].encode()))
+        # The record's file name and line ("val_frcnn.json:12"): the same masks in any folder (the
+        # absolute path made a fresh clone's evaluation differ from the same model's elsewhere).
+        return np.random.default_rng(zlib.crc32(os.path.basename(d["source"]).encode()))
 
     def encode_text(self, text, max_pieces, rng, special_tokens=True):
         """Whole-word masked word pieces, as ``[CLS] text [SEP]`` (captions) or alone
