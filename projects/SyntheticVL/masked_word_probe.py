@@ -73,11 +73,12 @@ def probe(cfg, weights, dataset, max_records, batch_size=16):
     # Nothing masked by the mapper: the probe chooses the words; no region is masked.
     mapper.with_mlm, mapper.mvrc_prob = False, 0.0
     records = DatasetCatalog.get(dataset)[:max_records]
+    mapped = [mapper(r) for r in records]  # read once; each kind masks a copy of the word pieces
     results = {}
     for kind, words in word_kinds().items():
         correct = total = 0
-        for k in range(0, len(records), batch_size):
-            batch = [mapper(r) for r in records[k:k + batch_size]]
+        for k in range(0, len(mapped), batch_size):
+            batch = [dict(x, input_ids=x["input_ids"].clone()) for x in mapped[k:k + batch_size]]
             batch = [x for x in batch if mask_kind(x, kind, words, mapper.tokenizer)]
             if not batch:
                 continue

@@ -122,18 +122,14 @@ def sha256(path):
 
 
 def config_digest(config, opts):
-    """sha256 of a config file (relative to the repository, or absolute), of every file its
-    ``_BASE_`` chain names and of the options given on top: what decides how a run trains."""
-    h = hashlib.sha256()
-    path = os.path.join(REPO, config)
-    while path:
-        with open(path) as f:
-            text = f.read()
-        h.update(text.encode())
-        base = re.search(r"^_BASE_:\s*[\"']?([^\"'\n#]+)", text, re.M)
-        path = os.path.normpath(os.path.join(os.path.dirname(path), base.group(1).strip())) if base else None
-    h.update(json.dumps([str(o) for o in opts]).encode())
-    return h.hexdigest()
+    """sha256 of a config (relative to the repository, or absolute) as detectron2 reads it, its
+    ``_BASE_`` chain merged in (so a comment does not count, a base's value does), and of the
+    options given on top: what decides how a run trains."""
+    from detectron2.config import CfgNode
+
+    merged = CfgNode.load_yaml_with_base(os.path.join(REPO, config), allow_unsafe=True)
+    text = json.dumps([merged, [str(o) for o in opts]], sort_keys=True, default=str)
+    return hashlib.sha256(text.encode()).hexdigest()
 
 
 def vcr_accuracy_per_type(predictions_file, records_file):

@@ -10,6 +10,7 @@ masked-RoI targets are the detector's class distributions. CPU: the detector on 
 the tasks two at a time on one each."""
 import json
 import os
+import shutil
 import subprocess
 import sys
 
@@ -337,7 +338,6 @@ def test_rerun_skips_what_is_done_and_a_failing_task_fails_the_pipeline(run):
     end, after the task beside it has finished. (Last in this file: it rewrites the evaluations.)"""
     root, out, _ = run
     trained = {t: os.path.getmtime(out / t / "model_final.pth") for t in ("detector", "vqa", "vcr")}
-    import shutil
     shutil.rmtree(out / "vcr_eval", ignore_errors=True)
     (out / "vcr_eval").write_text("not a folder")
     done = run_pipeline(root, out, "--tasks", "vqa", "vcr")
