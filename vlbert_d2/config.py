@@ -50,6 +50,12 @@ def add_vlbert_config(cfg):
     # Initial weight of the object-side visual LayerNorm alone; negative: VISUAL_LN_INIT. (The
     # tiny CPU configs open the RoI side while keeping the words readable on the text side.)
     _C.MODEL.VLBERT.VISUAL_LN_INIT_OBJECT = -1.0
+    # Whether the words that name no object carry the whole image's visual feature (paper section
+    # 3.2 and the official code: True). False: they carry none (zero before the text-side visual
+    # LayerNorm); only the words tagged to an object (VCR's [person1]) carry a visual feature,
+    # that object's. A deviation of the tiny VCR configs (docs/measurements.md: with the whole
+    # image at the LayerNorm's scale on every word, the answer's words are ~5% of their input).
+    _C.MODEL.VLBERT.WORDS_SEE_WHOLE_IMAGE = True
 
     # --- Visual feature embedding (paper section 3.2) ---
     # Dimension of the geometry embedding of a box; the paper uses 2048 = 4 coordinates x
@@ -103,6 +109,11 @@ def add_vlbert_config(cfg):
     # Dropout before the per-choice linear classifier on the pooled [CLS] output (official
     # final_mlp "1fc": Dropout(0.1), Linear(H, 1), Xavier-uniform weight, zero bias).
     _C.MODEL.VLBERT.VCR.CLASSIFIER_DROPOUT = 0.1
+    # What the classifier reads: "cls" (the paper and the official code: BERT's pooler on the
+    # [CLS] output) or "mean" (the mean of the text outputs, the pooling the tiny configs' BERT,
+    # sentence-transformers' all-MiniLM-L6-v2, was trained with: its [CLS] output hardly depends
+    # on the input; docs/measurements.md).
+    _C.MODEL.VLBERT.VCR.POOLING = "cls"
     # Weight of the RoI classification loss of the official VCR fine-tuning (its `cnn_loss_reg`,
     # CNN_LOSS_TOP, CNN_LOSS_WEIGHT 1.0): VL-BERT's output at each RoI slot of every choice's
     # sequence goes through the masked-RoI transform (dense + GELU), Dropout and Linear(H, 81),

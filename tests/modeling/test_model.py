@@ -195,6 +195,54 @@ def test_ce_loss_end_to_end(tiny_cfg, train_inputs):
     torch.testing.assert_close(out["scores"].sum(), torch.tensor(1.0))  # softmax over choices
 
 
+def _text_visual_of(model, inputs):
+    """The text-side visual feature (before its LayerNorm) that the model gives the transformer."""
+    seen = {}
+    hook = model.vl_bert.register_forward_pre_hook(lambda m, args: seen.update(text_visual=args[3]))
+    try:
+        with torch.no_grad():
+            out = model(inputs)
+    finally:
+        hook.remove()
+    return seen["text_visual"], out
+
+
+def test_words_that_name_no_object_can_go_without_the_whole_image(tiny_cfg, synthetic_dicts):
+    # MODEL.VLBERT.WORDS_SEE_WHOLE_IMAGE False (the tiny VCR configs' deviation): a word tagged
+    # to an object keeps that object's feature, every other word carries zeros.
+    tiny_cfg.MODEL.VLBERT.VISUAL_LN_INIT = 1.0  # the text side's visual feature counts from the start
+    inputs = _map(tiny_cfg, synthetic_dicts["val"][:2], False)
+    official, out_official = _text_visual_of(_build(tiny_cfg).eval(), inputs)
+    tiny_cfg.MODEL.VLBERT.WORDS_SEE_WHOLE_IMAGE = False
+    tags_only, out_tags_only = _text_visual_of(_build(tiny_cfg).eval(), inputs)
+    tags = torch.cat([x["text_tags"] for x in inputs])
+    real = torch.cat([x["text_mask"] for x in inputs]).bool()
+    tagged, untagged = real & (tags > 0), real & (tags == 0)
+    assert tagged.any() and untagged.any()  # the records name objects ([ball1]) and plain words
+    torch.testing.assert_close(tags_only[tagged], official[tagged])
+    assert official[untagged].abs().sum() > 0  # officially: the whole image's feature
+    assert tags_only[untagged].abs().sum() == 0
+    assert not torch.allclose(out_tags_only[0]["logits"], out_official[0]["logits"])
+
+
+def test_vcr_head_mean_pooling_by_hand():
+    # Two sequences of H = 2; the second has a padded text slot (100s) that must not count.
+    text = torch.tensor([[[1.0, 2.0], [3.0, 4.0], [5.0, 0.0]],
+                         [[2.0, 2.0], [0.0, 4.0], [100.0, 100.0]]])
+    mask = torch.tensor([[1, 1, 1, 1], [1, 1, 0, 1]])  # 3 text slots, then one RoI
+    outputs = SimpleNamespace(text=text, attention_mask=mask, pooled=torch.zeros(2, 2))
+    batch = SimpleNamespace(num_choices=[2], inputs=[{"label": 0}])
+    head = VCRHead(hidden_size=2, dropout=0.0, loss="ce", pooling="mean").eval()
+    with torch.no_grad():
+        head.classifier[1].weight.copy_(torch.tensor([[1.0, 10.0]]))
+        head.classifier[1].bias.fill_(0.5)
+        logits = head(outputs, batch)[0]["logits"]
+    # means (3, 2) and (1, 3): 3 + 20 + 0.5 and 1 + 30 + 0.5
+    torch.testing.assert_close(logits, torch.tensor([23.5, 31.5]))
+    with pytest.raises(ValueError, match="'max'"):
+        VCRHead(hidden_size=2, pooling="max")
+
+
 def test_invalid_loss_name_raises(tiny_cfg):
     tiny_cfg.MODEL.VLBERT.VCR.LOSS = "hinge"
     with pytest.raises(ValueError, match="hinge"):

@@ -34,7 +34,8 @@ def build_vlbert_head(cfg, hidden_size):
 
 @VLBERT_HEAD_REGISTRY.register()
 class VCRHead(nn.Module):
-    """Multiple choice (VCR): one logit per candidate from the pooled [CLS] output.
+    """Multiple choice (VCR): one logit per candidate from the pooled [CLS] output (or, with
+    ``pooling="mean"``, a deviation of the tiny configs, from the mean of the text outputs).
 
     As the official VCR model (``ResNetVLBERT`` of ``vcr/modules``, configs ``cfgs/vcr/*``):
 
@@ -52,7 +53,7 @@ class VCRHead(nn.Module):
 
     @configurable
     def __init__(self, *, hidden_size, dropout=0.1, loss="bce", num_object_classes=0,
-                 roi_cls_loss_weight=0.0, roi_cls_dropout=0.0, std=0.02):
+                 roi_cls_loss_weight=0.0, roi_cls_dropout=0.0, std=0.02, pooling="cls"):
         """
         Args:
             hidden_size (int): H.
@@ -65,6 +66,8 @@ class VCRHead(nn.Module):
             roi_cls_dropout (float): dropout between the RoI transform and the RoI classifier
                 (official ``CNN_REG_DROPOUT``, 0 in every official config).
             std (float): initialisation of the RoI layers (BERT's initializer_range).
+            pooling (str): what the classifier reads: "cls" (BERT's pooler on [CLS], official)
+                or "mean" (the mean of the text outputs; ``MODEL.VLBERT.VCR.POOLING``).
         """
         super().__init__()
         if loss not in ("bce", "ce"):
@@ -73,7 +76,10 @@ class VCRHead(nn.Module):
             raise ValueError("MODEL.VLBERT.VCR.NUM_OBJECT_CLASSES is -1 (not filled): call "
                              "vlbert_d2.config.finalize_vlbert_config(cfg) before the config is frozen "
                              "(it counts the classes of DATASETS.TRAIN), or set it (VCR: 80)")
+        if pooling not in ("cls", "mean"):
+            raise ValueError(f"MODEL.VLBERT.VCR.POOLING must be 'cls' or 'mean', got {pooling!r}")
         self.loss = loss
+        self.pooling = pooling
         self.classifier = nn.Sequential(nn.Dropout(dropout), nn.Linear(hidden_size, 1))
         _init_linears(self.classifier)
         self.roi_cls_loss_weight = roi_cls_loss_weight
@@ -94,7 +100,7 @@ class VCRHead(nn.Module):
         v = cfg.MODEL.VLBERT.VCR
         return {"hidden_size": hidden_size, "dropout": v.CLASSIFIER_DROPOUT, "loss": v.LOSS,
                 "num_object_classes": v.NUM_OBJECT_CLASSES, "roi_cls_loss_weight": v.ROI_CLS_LOSS_WEIGHT,
-                "roi_cls_dropout": v.CNN_REG_DROPOUT}
+                "roi_cls_dropout": v.CNN_REG_DROPOUT, "pooling": v.POOLING}
 
     def forward(self, outputs, batch):
         """
@@ -108,7 +114,7 @@ class VCRHead(nn.Module):
             dict[str, Tensor] of losses in training; else a list, per input, of
             ``{"scores": (K,) probabilities, "logits": (K,)}``.
         """
-        logits = self.classifier(outputs.pooled).squeeze(-1)  # (S,)
+        logits = self.classifier(self._pooled(outputs)).squeeze(-1)  # (S,)
         per_input = list(logits.split(batch.num_choices))
         if not self.training:
             results = []
@@ -131,6 +137,15 @@ class VCRHead(nn.Module):
         if self.roi_classifier is not None:
             losses["loss_roi_cls"] = self.roi_cls_loss_weight * self._roi_loss(outputs, batch)
         return losses
+
+    def _pooled(self, outputs):
+        """(S, H) what the classifier reads: BERT's pooler on [CLS], or the mean of the real
+        text outputs."""
+        if self.pooling == "cls":
+            return outputs.pooled
+        L = outputs.text.shape[1]
+        mask = outputs.attention_mask[:, :L, None].to(outputs.text.dtype)
+        return (outputs.text * mask).sum(1) / mask.sum(1)
 
     def _roi_loss(self, outputs, batch):
         # Targets per sequence (the official ``objects[box_mask]`` repeated over the choices):

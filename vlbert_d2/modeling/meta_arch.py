@@ -25,6 +25,8 @@ from .heads import build_vlbert_head
 from .visual import RegionFeatureExtractor, VisualFusion
 from .vl_bert import VisualLinguisticBert
 
+WHOLE_IMAGE = 0  # RoI 0 of every input is the whole image (as vlbert_d2.data.common.WHOLE_IMAGE)
+
 
 @dataclass
 class VLBertBatch:
@@ -79,9 +81,11 @@ class VLBERT(nn.Module):
     """
 
     @configurable
-    def __init__(self, *, region_extractor, fusion, vl_bert, head, pixel_mean, pixel_std, fixed_pad=(0, 0)):
+    def __init__(self, *, region_extractor, fusion, vl_bert, head, pixel_mean, pixel_std, fixed_pad=(0, 0),
+                 words_see_whole_image=True):
         super().__init__()
         self.fixed_pad = tuple(fixed_pad)
+        self.words_see_whole_image = words_see_whole_image
         self.region_extractor = region_extractor
         self.fusion = fusion
         self.vl_bert = vl_bert
@@ -120,7 +124,8 @@ class VLBERT(nn.Module):
             region_extractor.requires_grad_(False)
         return {"region_extractor": region_extractor, "fusion": fusion, "vl_bert": vl_bert,
                 "head": head, "pixel_mean": cfg.MODEL.PIXEL_MEAN, "pixel_std": cfg.MODEL.PIXEL_STD,
-                "fixed_pad": cfg.MODEL.VLBERT.FIXED_PAD}
+                "fixed_pad": cfg.MODEL.VLBERT.FIXED_PAD,
+                "words_see_whole_image": cfg.MODEL.VLBERT.WORDS_SEE_WHOLE_IMAGE}
 
     @property
     def device(self):
@@ -215,6 +220,10 @@ class VLBERT(nn.Module):
         obj_seq = obj[seq_to_input]  # (S, N, H)
         text_visual = torch.gather(
             obj_seq, 1, text["text_tags"][..., None].expand(-1, -1, obj_seq.shape[-1]))
+        if not self.words_see_whole_image:
+            # Only the words tagged to an object carry a visual feature (MODEL.VLBERT.
+            # WORDS_SEE_WHOLE_IMAGE False, a deviation of the tiny VCR configs).
+            text_visual = text_visual * (text["text_tags"] != WHOLE_IMAGE)[..., None].to(text_visual.dtype)
 
         def masked_slots(key):
             masked = torch.zeros((B, N), dtype=torch.bool, device=dev)
