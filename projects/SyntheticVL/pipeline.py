@@ -65,9 +65,9 @@ from collections import Counter
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 DETECTOR_CONFIG = "projects/BottomUpAttention/configs/BUA-Tiny-Synthetic.yaml"
 TASKS = ("vqa", "refcoco", "vcr", "pretrain")
-# With --jobs > 1 the tasks start longest first (measured on one thread: pre-training, RefCOCO+,
-# VQA, VCR), so that the last one to start is short.
-LONGEST_FIRST = ("pretrain", "refcoco", "vqa", "vcr")
+# With --jobs > 1 the tasks start longest first (measured on one thread: pre-training, VCR,
+# RefCOCO+, VQA), so that the last one to start is short.
+LONGEST_FIRST = ("pretrain", "vcr", "refcoco", "vqa")
 
 VQA_CONFIG = "configs/quick_schedules/VLBERT-Tiny-PipelineVQA.yaml"
 VQA_FOLDER = "synthetic_vqa_pixels"
