@@ -176,14 +176,17 @@ def test_refcoco_candidates_are_the_detectors_boxes(run):
 
 
 def test_trunk_runs_start_from_the_detector(run):
-    """The RefCOCO+ and VCR models' stem and res2 (frozen: FREEZE_AT 2) are the detector's
-    weights, bit for bit, after training: MODEL.VLBERT.DETECTOR_WEIGHTS was loaded."""
+    """The RefCOCO+ and VCR models' stem and res2 (frozen: FREEZE_AT 2 and 4) are the
+    detector's weights, bit for bit, after training: MODEL.VLBERT.DETECTOR_WEIGHTS was loaded.
+    VCR's res3 and res4 are frozen too (FREEZE_AT 4), RefCOCO+'s trained."""
     _, out, _ = run
     detector = torch.load(out / "detector" / "model_final.pth", weights_only=True)["model"]
     for task in ("refcoco", "vcr"):
         model = torch.load(out / task / "model_final.pth", weights_only=True)["model"]
         for name in ("backbone.stem.conv1.weight", "backbone.res2.0.conv2.weight"):
             assert torch.equal(model["region_extractor." + name], detector[name]), (task, name)
+        name = "backbone.res4.0.conv1.weight"
+        assert torch.equal(model["region_extractor." + name], detector[name]) == (task == "vcr"), task
         # res5 was trained from the detector's: moved, but not far.
         trained, start = model["region_extractor.res5.0.conv1.weight"], detector["roi_heads.res5.0.conv1.weight"]
         assert not torch.equal(trained, start)

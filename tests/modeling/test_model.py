@@ -208,7 +208,7 @@ def _text_visual_of(model, inputs):
 
 
 def test_words_that_name_no_object_can_go_without_the_whole_image(tiny_cfg, synthetic_dicts):
-    # MODEL.VLBERT.WORDS_SEE_WHOLE_IMAGE False (the tiny VCR configs' deviation): a word tagged
+    # MODEL.VLBERT.WORDS_SEE_WHOLE_IMAGE False (the pipeline's tiny VCR config's deviation): a word tagged
     # to an object keeps that object's feature, every other word carries zeros.
     tiny_cfg.MODEL.VLBERT.VISUAL_LN_INIT = 1.0  # the text side's visual feature counts from the start
     inputs = _map(tiny_cfg, synthetic_dicts["val"][:2], False)
@@ -223,6 +223,24 @@ def test_words_that_name_no_object_can_go_without_the_whole_image(tiny_cfg, synt
     assert official[untagged].abs().sum() > 0  # officially: the whole image's feature
     assert tags_only[untagged].abs().sum() == 0
     assert not torch.allclose(out_tags_only[0]["logits"], out_official[0]["logits"])
+
+
+def test_vcr_pooling_mean_from_the_config(tiny_cfg, synthetic_dicts):
+    # MODEL.VLBERT.VCR.POOLING mean reaches the head: the logits are the classifier on the mean of
+    # the real text outputs, not on BERT's pooler.
+    tiny_cfg.MODEL.VLBERT.VCR.POOLING = "mean"
+    model = _build(tiny_cfg).eval()
+    inputs = _map(tiny_cfg, synthetic_dicts["val"][:2], False)
+    with torch.no_grad():
+        outputs, _ = model.encode(inputs)
+        results = model(inputs)
+        real = model.pack_text(inputs)["text_mask"].float()  # (S, L): 1 for real text tokens
+        mean = (outputs.text * real[..., None]).sum(1) / real.sum(1, keepdim=True)
+        expected = model.head.classifier(mean).squeeze(-1)
+        on_cls = model.head.classifier(outputs.pooled).squeeze(-1)
+    logits = torch.cat([r["logits"] for r in results])
+    torch.testing.assert_close(logits, expected)
+    assert not torch.allclose(logits, on_cls)
 
 
 def test_vcr_head_mean_pooling_by_hand():

@@ -222,7 +222,7 @@ class VLBERT(nn.Module):
             obj_seq, 1, text["text_tags"][..., None].expand(-1, -1, obj_seq.shape[-1]))
         if not self.words_see_whole_image:
             # Only the words tagged to an object carry a visual feature (MODEL.VLBERT.
-            # WORDS_SEE_WHOLE_IMAGE False, a deviation of the tiny VCR configs).
+            # WORDS_SEE_WHOLE_IMAGE False, a deviation of the pipeline's tiny VCR config).
             text_visual = text_visual * (text["text_tags"] != WHOLE_IMAGE)[..., None].to(text_visual.dtype)
 
         def masked_slots(key):
@@ -245,7 +245,8 @@ class VLBERT(nn.Module):
 
     def run_head(self, outputs, batch, unused=()):
         """The head's losses (training) or per-input results. In training, BERT's pooler, which
-        the VQA, RefCOCO+ and pre-training heads do not read, and the ``unused`` parameters stay
+        the VQA, RefCOCO+ and pre-training heads do not read (nor the VCR head with
+        ``MODEL.VLBERT.VCR.POOLING mean``), and the ``unused`` parameters stay
         in the graph with a zero gradient (:func:`~vlbert_d2.modeling.ddp.keep_alive`)."""
         out = self.head(outputs, batch)
         if self.training and out:
