@@ -53,8 +53,9 @@ def add_vlbert_config(cfg):
     # Whether the words that name no object carry the whole image's visual feature (paper section
     # 3.2 and the official code: True). False: they carry none (zero before the text-side visual
     # LayerNorm); only the words tagged to an object (VCR's [person1]) carry a visual feature,
-    # that object's. A deviation of the pipeline's tiny VCR config (docs/measurements.md: with the whole
-    # image at the LayerNorm's scale on every word, the answer's words are ~5% of their input).
+    # that object's. A deviation of the pipeline's tiny VCR config (docs/measurements.md: with
+    # the whole image at the LayerNorm's scale on every word, the answer's words are ~5% of their
+    # input).
     _C.MODEL.VLBERT.WORDS_SEE_WHOLE_IMAGE = True
 
     # --- Visual feature embedding (paper section 3.2) ---

@@ -208,8 +208,8 @@ def _text_visual_of(model, inputs):
 
 
 def test_words_that_name_no_object_can_go_without_the_whole_image(tiny_cfg, synthetic_dicts):
-    # MODEL.VLBERT.WORDS_SEE_WHOLE_IMAGE False (the pipeline's tiny VCR config's deviation): a word tagged
-    # to an object keeps that object's feature, every other word carries zeros.
+    # MODEL.VLBERT.WORDS_SEE_WHOLE_IMAGE False (the pipeline's tiny VCR config's deviation): a
+    # word tagged to an object keeps that object's feature, every other word carries zeros.
     tiny_cfg.MODEL.VLBERT.VISUAL_LN_INIT = 1.0  # the text side's visual feature counts from the start
     inputs = _map(tiny_cfg, synthetic_dicts["val"][:2], False)
     official, out_official = _text_visual_of(_build(tiny_cfg).eval(), inputs)

@@ -11,9 +11,9 @@ from detectron2.data import detection_utils as utils
 from detectron2.data import transforms as T
 from detectron2.utils.logger import log_first_n
 
+from ..utils.boxes import WHOLE_IMAGE  # noqa: F401  (the mappers import it from here)
 from ..utils.files import read_bytes
 
-WHOLE_IMAGE = 0  # RoI index of the whole image
 
 
 def build_resize_flip(cfg, is_train, allow_flip=True):

@@ -35,7 +35,8 @@ def build_vlbert_head(cfg, hidden_size):
 @VLBERT_HEAD_REGISTRY.register()
 class VCRHead(nn.Module):
     """Multiple choice (VCR): one logit per candidate from the pooled [CLS] output (or, with
-    ``pooling="mean"``, a deviation of the pipeline's tiny VCR config, from the mean of the text outputs).
+    ``pooling="mean"``, a deviation of the pipeline's tiny VCR config, from the mean of the text
+    outputs).
 
     As the official VCR model (``ResNetVLBERT`` of ``vcr/modules``, configs ``cfgs/vcr/*``):
 

@@ -19,13 +19,12 @@ from detectron2.structures import Boxes, ImageList
 from ..checkpoint.detector import load_detector_weights
 from ..tasks import task_of_head
 from ..text.tokenizer import build_tokenizer
+from ..utils.boxes import WHOLE_IMAGE
 from .bert import build_bert
 from .ddp import keep_alive
 from .heads import build_vlbert_head
 from .visual import RegionFeatureExtractor, VisualFusion
 from .vl_bert import VisualLinguisticBert
-
-WHOLE_IMAGE = 0  # RoI 0 of every input is the whole image (as vlbert_d2.data.common.WHOLE_IMAGE)
 
 
 @dataclass

@@ -1,5 +1,7 @@
-"""Box overlap as the official RefCOCO+ code measures it."""
+"""Box overlap as the official RefCOCO+ code measures it, and the index of the whole-image RoI."""
 import torch
+
+WHOLE_IMAGE = 0  # RoI index of the whole image: RoI 0 of every input, the tag of words naming no object
 
 
 def inclusive_iou(boxes, others):
