@@ -319,3 +319,50 @@ def test_num_layers_larger_than_the_checkpoint_raises():
     cfg = make_cfg(MODEL__VLBERT__BERT_NAME=MINILM, MODEL__VLBERT__NUM_LAYERS=8)
     with pytest.raises(ValueError, match="has only 6 layers"):
         build_bert(cfg, vocab_size=0)
+
+
+# --------------------------------------------------------------------------- frozen word embeddings
+def test_frozen_word_embeddings_keep_special_tokens_trainable_by_hand():
+    # The official word_embedding_frozen: ids below 1,000 (BERT's [PAD], [unused*], [CLS],
+    # [SEP], [MASK]) are looked up in a trainable copy, every other id in the frozen table.
+    config = BertConfig(vocab_size=1200, hidden_size=8, num_hidden_layers=1, num_attention_heads=2,
+                        intermediate_size=16, max_position_embeddings=16, type_vocab_size=3)
+    torch.manual_seed(0)
+    vl = VisualLinguisticBert(BertModel(config), word_embedding_frozen=True)
+    table = vl.word_embeddings.weight
+    assert not table.requires_grad and vl.special_word_embeddings.weight.shape == (1000, 8)
+    torch.testing.assert_close(vl.special_word_embeddings.weight, table[:1000], rtol=0, atol=0)
+    with torch.no_grad():
+        vl.special_word_embeddings.weight[101] = 1.0  # [CLS] moves away from the table's row
+    ids = torch.tensor([[101, 1100, 999, 1000]])
+    got = vl.embed_words(ids)
+    torch.testing.assert_close(got[0, 0], torch.ones(8), rtol=0, atol=0)
+    torch.testing.assert_close(got[0, 1], table[1100], rtol=0, atol=0)
+    torch.testing.assert_close(got[0, 2], vl.special_word_embeddings.weight[999], rtol=0, atol=0)
+    torch.testing.assert_close(got[0, 3], table[1000], rtol=0, atol=0)
+    got.sum().backward()
+    assert table.grad is None
+    grad = vl.special_word_embeddings.weight.grad
+    assert set(torch.nonzero(grad.abs().sum(1)).flatten().tolist()) == {101, 999}
+
+
+def test_frozen_word_embeddings_load_a_checkpoint_without_the_copy():
+    # A checkpoint trained with every word embedding trainable (BERT's, a pre-trained VL-BERT)
+    # has no special_word_embeddings: they come from its table, not from the replaced weights.
+    config = BertConfig(vocab_size=1200, hidden_size=8, num_hidden_layers=1, num_attention_heads=2,
+                        intermediate_size=16, max_position_embeddings=16, type_vocab_size=3)
+    torch.manual_seed(0)
+    trained = VisualLinguisticBert(BertModel(config))
+    state = trained.state_dict()
+    state["bert.embeddings.word_embeddings.weight"] = torch.randn(1200, 8)
+    frozen = VisualLinguisticBert(BertModel(config), word_embedding_frozen=True)
+    result = frozen.load_state_dict(state, strict=True)  # nothing missing: the hook filled it
+    assert not result.missing_keys
+    torch.testing.assert_close(frozen.special_word_embeddings.weight,
+                               state["bert.embeddings.word_embeddings.weight"][:1000], rtol=0, atol=0)
+    # Its own checkpoint keeps its trained copy.
+    with torch.no_grad():
+        frozen.special_word_embeddings.weight.zero_()
+    again = VisualLinguisticBert(BertModel(config), word_embedding_frozen=True)
+    again.load_state_dict(frozen.state_dict())
+    assert again.special_word_embeddings.weight.abs().sum() == 0

@@ -357,3 +357,33 @@ def test_fused_attention_by_default_equals_eager_and_still_gives_attention_maps(
     attentions = out[0].attentions if isinstance(out, tuple) else out.attentions
     assert attentions is not None and len(attentions) == tiny_cfg.MODEL.VLBERT.NUM_LAYERS
     assert model.vl_bert.bert.config._attn_implementation == "sdpa"
+
+
+def test_word_embedding_frozen_from_the_config(tiny_cfg, synthetic_dicts):
+    # MODEL.VLBERT.WORD_EMBEDDING_FROZEN (official word_embedding_frozen): the unfrozen model's
+    # weights give the same answers (the special tokens' copy is exact); a training step gives a
+    # gradient to the copy's rows of the tokens it saw ([CLS], [SEP]) only and moves no row of the
+    # frozen table, which the optimizer does not hold.
+    from vlbert_d2.solver import build_optimizer
+
+    inputs = _map(tiny_cfg, synthetic_dicts["val"][:2], False)
+    trainable = _build(tiny_cfg).eval()
+    tiny_cfg.MODEL.VLBERT.WORD_EMBEDDING_FROZEN = True
+    model = _build(tiny_cfg).eval()
+    model.load_state_dict(trainable.state_dict(), strict=True)
+    with torch.no_grad():
+        expected = torch.cat([r["logits"] for r in trainable(inputs)])
+        torch.testing.assert_close(torch.cat([r["logits"] for r in model(inputs)]), expected)
+    table = model.vl_bert.word_embeddings.weight
+    before = table.detach().clone()
+    optimizer = build_optimizer(tiny_cfg, model)
+    assert all(p is not table for group in optimizer.param_groups for p in group["params"])
+    model.train()
+    sum(model(_map(tiny_cfg, synthetic_dicts["train"][:2], True)).values()).backward()
+    optimizer.step()
+    torch.testing.assert_close(table, before, rtol=0, atol=0)
+    assert table.grad is None
+    seen = model.vl_bert.special_word_embeddings.weight.grad.abs().sum(dim=1) > 0
+    tok = VCRDatasetMapper(tiny_cfg, True).tokenizer
+    assert seen[tok.cls_token_id] and seen[tok.sep_token_id]
+    assert not seen[tok.mask_token_id] and not seen[tok.pad_token_id]  # VCR feeds no [MASK]; padding is masked

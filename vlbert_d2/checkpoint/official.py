@@ -95,6 +95,8 @@ _RULES: List[Tuple[str, object]] = [
     (r"vlbert\.end_embedding\.weight", lambda m: "vl_bert.end_embedding"),
     (r"vlbert\.(word|position|token_type)_embeddings\.weight",
      lambda m: f"vl_bert.bert.embeddings.{m.group(1)}_embeddings.weight"),
+    # Only in checkpoints trained with word_embedding_frozen (MODEL.VLBERT.WORD_EMBEDDING_FROZEN).
+    (r"vlbert\.special_word_embeddings\.weight", lambda m: "vl_bert.special_word_embeddings.weight"),
     (r"vlbert\.embedding_LayerNorm\.(weight|bias)", lambda m: f"vl_bert.bert.embeddings.LayerNorm.{m.group(1)}"),
     (r"vlbert\.visual_ln_(text|object)\.(weight|bias)", lambda m: f"vl_bert.visual_ln_{m.group(1)}.{m.group(2)}"),
     (r"vlbert\.encoder\.(.+)", lambda m: f"vl_bert.bert.encoder.{m.group(1)}"),

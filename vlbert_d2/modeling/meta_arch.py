@@ -109,7 +109,8 @@ class VLBERT(nn.Module):
         bert = build_bert(cfg, vocab_size=len(build_tokenizer(cfg)))
         obj_init = cfg.MODEL.VLBERT.VISUAL_LN_INIT_OBJECT
         vl_bert = VisualLinguisticBert(bert, visual_ln_init=cfg.MODEL.VLBERT.VISUAL_LN_INIT,
-                                       visual_ln_init_object=None if obj_init < 0 else obj_init)
+                                       visual_ln_init_object=None if obj_init < 0 else obj_init,
+                                       word_embedding_frozen=cfg.MODEL.VLBERT.WORD_EMBEDDING_FROZEN)
         fusion = VisualFusion(
             appearance_dim=region_extractor.out_channels,
             geometry_dim=cfg.MODEL.VLBERT.GEOMETRY_DIM,

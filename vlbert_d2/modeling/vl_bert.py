@@ -16,6 +16,9 @@ import torch
 from torch import nn
 
 VISUAL_SEGMENT = 2  # segment C of the paper: the visual elements and [END]
+# Word-piece ids below this are BERT's special tokens ([PAD], [unused*], [UNK], [CLS], [SEP],
+# [MASK]): with frozen word embeddings theirs stay trainable (the official NUM_SPECIAL_WORDS).
+NUM_SPECIAL_WORDS = 1000
 
 
 @contextlib.contextmanager
@@ -58,12 +61,15 @@ class VLBertOutput:
 class VisualLinguisticBert(nn.Module):
     """BERT with VL-BERT's visual-linguistic input embedding."""
 
-    def __init__(self, bert, visual_ln_init=0.0, visual_ln_init_object=None):
+    def __init__(self, bert, visual_ln_init=0.0, visual_ln_init_object=None, word_embedding_frozen=False):
         """
         Args:
             bert (transformers.BertModel): with ``type_vocab_size >= 3``.
             visual_ln_init (float): initial weight of the two visual LayerNorms.
             visual_ln_init_object (float or None): of the object-side one, if different.
+            word_embedding_frozen (bool): BERT's word embeddings are not trained, but for the
+                special tokens' (ids below :data:`NUM_SPECIAL_WORDS`), which are looked up in a
+                trainable copy, ``special_word_embeddings`` (the official option).
         """
         super().__init__()
         if bert.config.type_vocab_size < 3:
@@ -82,6 +88,23 @@ class VisualLinguisticBert(nn.Module):
         for ln, init in ((self.visual_ln_text, visual_ln_init), (self.visual_ln_object, visual_ln_init_object)):
             nn.init.constant_(ln.weight, init)
             nn.init.zeros_(ln.bias)
+        self.special_word_embeddings = None
+        if word_embedding_frozen:
+            self.word_embeddings.requires_grad_(False)
+            words = self.word_embeddings.weight
+            self.special_word_embeddings = nn.Embedding(min(NUM_SPECIAL_WORDS, words.shape[0]), hidden)
+            with torch.no_grad():
+                self.special_word_embeddings.weight.copy_(words[:NUM_SPECIAL_WORDS])
+            self._register_load_state_dict_pre_hook(self._copy_special_words)
+
+    def _copy_special_words(self, state_dict, prefix, *args):
+        """A checkpoint trained without frozen word embeddings (BERT's, a pre-trained VL-BERT)
+        has no ``special_word_embeddings``: they start as a copy of its word embeddings' first
+        rows, as at construction, not as the copy of the weights it replaces."""
+        words = state_dict.get(prefix + "bert.embeddings.word_embeddings.weight")
+        key = prefix + "special_word_embeddings.weight"
+        if key not in state_dict and words is not None:
+            state_dict[key] = words[:self.special_word_embeddings.num_embeddings].clone()
 
     @property
     def hidden_size(self):
@@ -90,6 +113,15 @@ class VisualLinguisticBert(nn.Module):
     @property
     def word_embeddings(self):
         return self.bert.embeddings.word_embeddings
+
+    def embed_words(self, input_ids):
+        """(S, L, H) word embeddings; with frozen ones, the special tokens' from their trainable copy."""
+        embeds = self.word_embeddings(input_ids)
+        special = self.special_word_embeddings
+        if special is None:
+            return embeds
+        is_special = (input_ids < special.num_embeddings)[..., None]
+        return torch.where(is_special, special(input_ids.clamp(max=special.num_embeddings - 1)), embeds)
 
     def forward(self, input_ids, token_type_ids, text_mask, text_visual=None,
                 object_visual=None, object_mask=None, output_attentions=False, object_tokens=None):
@@ -111,7 +143,7 @@ class VisualLinguisticBert(nn.Module):
         """
         S, L = input_ids.shape
         text_mask = text_mask.to(torch.long)
-        embeds = self.word_embeddings(input_ids)
+        embeds = self.embed_words(input_ids)
         if text_visual is not None:
             embeds = embeds + self.visual_ln_text(text_visual)
         positions = torch.arange(L, device=input_ids.device).expand(S, L)
