@@ -496,3 +496,23 @@ def test_precomputed_pretrained_checkpoint_converts():
     assert torch.equal(out["pretrain_embeddings.masked_feature"],
                        sd["module.object_mask_visual_embedding.weight"][0].float())
     assert not any(k.startswith("region_extractor.") for k in out)
+
+
+def test_checkpoint_trained_with_frozen_word_embeddings_converts():
+    # Official word_embedding_frozen: the checkpoint has vlbert.special_word_embeddings.weight
+    # (the trainable copy of the first 1,000 rows); it maps onto this project's copy and a model
+    # built with MODEL.VLBERT.WORD_EMBEDDING_FROZEN loads it strictly for those keys.
+    from conftest import make_cfg
+    from detectron2.modeling import build_model
+
+    model = build_model(make_cfg(MODEL__VLBERT__WORD_EMBEDDING_FROZEN=True, MODEL__VLBERT__VCR__NUM_OBJECT_CLASSES=3))
+    shapes = {k: v.shape for k, v in model.state_dict().items()}
+    H = shapes["vl_bert.special_word_embeddings.weight"][1]
+    special = torch.randn(1000, H)
+    sd = {"module.vlbert.special_word_embeddings.weight": special,
+          "module.vlbert.word_embeddings.weight": torch.randn(*shapes["vl_bert.bert.embeddings.word_embeddings.weight"])}
+    out, report = convert_official_state_dict(sd, shapes)
+    assert report.unmapped == []
+    assert report.mapped["vlbert.special_word_embeddings.weight"] == "vl_bert.special_word_embeddings.weight"
+    model.load_state_dict(out, strict=False)
+    torch.testing.assert_close(model.vl_bert.special_word_embeddings.weight.detach(), special)
