@@ -36,6 +36,7 @@ def main(argv=None):
     parser.add_argument("--num-workers", type=int, default=2)
     parser.add_argument("--flush-every", type=int, default=256, help="images per saved shard")
     parser.add_argument("--max-images", type=int, default=None, help="stop after this many new images")
+    parser.add_argument("--no-progress", action="store_true", help="no progress bar (logs)")
     parser.add_argument("opts", nargs=argparse.REMAINDER, help="config overrides (KEY VALUE ...)")
     args = parser.parse_args(argv)
     setup_logger(name="vlbert_d2")
@@ -54,7 +55,8 @@ def main(argv=None):
     mapper = build_vlbert_mapper(cfg, is_train=False)
     dicts = [d for name in args.datasets for d in DatasetCatalog.get(name)]
     stats = extract_region_features(model, dicts, mapper, args.output, args.batch_size,
-                                    args.num_workers, args.flush_every, args.max_images)
+                                    args.num_workers, args.flush_every, args.max_images,
+                                    progress=not args.no_progress)
     logging.getLogger("vlbert_d2").info(
         "%s: %d images extracted, %d were already there, %d in the datasets", args.output,
         stats["extracted"], stats["skipped"], stats["total"])

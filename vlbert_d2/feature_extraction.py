@@ -13,7 +13,7 @@ logger = logging.getLogger(__name__)
 
 
 def extract_region_features(model, dataset_dicts, mapper, cache_dir, batch_size=4, num_workers=2,
-                            flush_every=256, max_images=None):
+                            flush_every=256, max_images=None, progress=True):
     """Write the RoI features of every image of ``dataset_dicts`` to ``cache_dir``.
 
     Images are keyed by ``img_fn``; those already in the cache are skipped, so an interrupted
@@ -27,6 +27,7 @@ def extract_region_features(model, dataset_dicts, mapper, cache_dir, batch_size=
         batch_size, num_workers (int): of the image-loading DataLoader.
         flush_every (int): images per shard.
         max_images (int or None): stop after this many new images (for tests and trials).
+        progress (bool): a progress bar with ETA (tqdm) on stderr.
 
     Returns:
         dict: "extracted" (new images), "skipped" (already in the cache), "total" (images).
@@ -46,7 +47,7 @@ def extract_region_features(model, dataset_dicts, mapper, cache_dir, batch_size=
     model.eval()
     done = 0
     with torch.no_grad():
-        for batch in tqdm(loader, total=len(loader), desc="extracting", unit="batch"):
+        for batch in tqdm(loader, total=len(loader), desc="extracting", unit="batch", disable=not progress):
             boxes = [x["boxes"].to(model.device, torch.float32) for x in batch]
             features, sizes = model.region_features(batch, boxes)
             for x, f, b, size in zip(batch, features.split([len(b) for b in boxes]), boxes, sizes):

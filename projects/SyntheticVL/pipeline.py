@@ -1,9 +1,10 @@
 #!/usr/bin/env python
 """The paper's whole pipeline in miniature, on CPU (make demo-pipeline): a bottom-up-attention
 detector trained on the synthetic scenes (object classes = shapes, attributes = colours), then
-VL-BERT on what it sees: VQA on its extracted regions and features, RefCOCO+ and VCR end to end
-from the pixels with its trunk (MODEL.VLBERT.DETECTOR_WEIGHTS), and pre-training whose masked
-RoI classification predicts its class distributions.
+VL-BERT on what it sees: VQA on its extracted regions and features, RefCOCO+ end to end from the
+pixels with its trunk (MODEL.VLBERT.DETECTOR_WEIGHTS), VCR on its trunk's features at the
+dataset's boxes, and pre-training whose masked RoI classification predicts its class
+distributions.
 
 Stages (each a command, printed with its log; finished ones are skipped on a rerun, so an
 interrupted pipeline resumes where it stopped; a run folder trained with other config files or
@@ -22,8 +23,11 @@ refcoco    "the red kite" expressions (<datasets>/synthetic_refcoco_pixels): the
            with the detector's trunk (VLBERT-Tiny-PipelineRefCOCO+.yaml); accuracy at IoU >= 0.5
            of the chosen region among the detector's
 vcr        colour, position and size questions (<datasets>/synthetic_vcr_pixels), on the
-           dataset's boxes, VL-BERT with the detector's trunk (VLBERT-Tiny-PipelineVCR.yaml);
-           Q->A per question type
+           dataset's boxes: tools/extract_features.py runs the detector's trunk (stem to res5,
+           MODEL.VLBERT.DETECTOR_WEIGHTS) over its images into a feature cache (bua_features/),
+           VL-BERT trains on it (VLBERT-Tiny-PipelineVCR.yaml, MODEL.VLBERT.FEATURE_CACHE: the
+           trunk frozen); Q->A per question type. (End to end from the pixels, res5 trained: the
+           same config without FEATURE_CACHE, docs/measurements.md.)
 pretrain   captions (<datasets>/synthetic_captions_pixels): the detector's regions, class
            distributions and features over their images; pre-training with
            VLBERT-Tiny-PipelinePretrain.yaml, whose masked RoI classification predicts the
@@ -65,8 +69,9 @@ from collections import Counter
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 DETECTOR_CONFIG = "projects/BottomUpAttention/configs/BUA-Tiny-Synthetic.yaml"
 TASKS = ("vqa", "refcoco", "vcr", "pretrain")
-# With --jobs > 1 the tasks start longest first (measured on one thread: pre-training, VCR,
-# RefCOCO+, VQA), so that the last one to start is short.
+# With --jobs > 1 the tasks start longest first, so that the last one to start is short
+# (measured on one thread, 2026-12-02: pre-training 666 s, RefCOCO+ 343 s, VCR 314 s, VQA 203 s;
+# VCR and RefCOCO+ take turns beside pre-training either way, and VQA follows them).
 LONGEST_FIRST = ("pretrain", "vcr", "refcoco", "vqa")
 
 VQA_CONFIG = "configs/quick_schedules/VLBERT-Tiny-PipelineVQA.yaml"
@@ -87,7 +92,9 @@ VCR_FOLDER = "synthetic_vcr_pixels"
 VCR_TYPES = ("color", "position", "size")
 # The first word of a synthetic VCR question -> its type (synthetic_vl/vcr.py).
 VCR_QUESTION_WORDS = {"what": "color", "where": "position", "which": "size"}
+VCR_TRAIN = "synthetic_vcr_pixels_train"
 VCR_VAL = "synthetic_vcr_pixels_val"
+VCR_FEATURES = "bua_features"  # the trunk's feature cache, in the VCR dataset folder
 
 PRETRAIN_CONFIG = "configs/quick_schedules/VLBERT-Tiny-PipelinePretrain.yaml"
 CAPTIONS_FOLDER = "synthetic_captions_pixels"
@@ -206,19 +213,20 @@ class Pipeline:
         with open(path, "w") as f:
             f.write(text + "\n")
 
-    def config_stamp(self, run_dir, config, opts):
+    def config_stamp(self, run_dir, config, opts, what="trained"):
         """Record which config (its files and the options on top) trains ``run_dir``; refuse a
         run folder trained, or started, with another one: a rerun would skip it, or resume it,
-        with the old settings."""
+        with the old settings. (``what``: the verb of the message, "made" for a feature cache.)"""
         digest = config_digest(config, opts)
         path = os.path.join(run_dir, _CONFIG_STAMP)
         if os.path.isfile(path):
             if open(path).read().strip() != digest:
-                raise SystemExit(f"{run_dir}: trained with another config than {config} and the options "
-                                 f"{list(opts)} ({path}); remove the folder to train it again with these")
-        elif any(os.path.isfile(os.path.join(run_dir, f)) for f in ("model_final.pth", "last_checkpoint")):
-            raise SystemExit(f"{run_dir}: no record of the config it was trained with ({path}: made before "
-                             "the pipeline kept one); remove the folder to train it again")
+                raise SystemExit(f"{run_dir}: {what} with another config than {config} and the options "
+                                 f"{list(opts)} ({path}); remove the folder to redo it with these")
+        elif any(os.path.isfile(os.path.join(run_dir, f))
+                 for f in ("model_final.pth", "last_checkpoint", "index.json")):
+            raise SystemExit(f"{run_dir}: no record of the config it was {what} with ({path}: made before "
+                             "the pipeline kept one); remove the folder to redo it")
         os.makedirs(run_dir, exist_ok=True)
         with open(path, "w") as f:
             f.write(digest + "\n")
@@ -381,8 +389,32 @@ class Pipeline:
         counts = self.args.vcr_counts
         self.generate("vcr_data", "vcr", VCR_FOLDER, VCR_TYPES, counts)
 
+    def vcr_cache(self):
+        return os.path.join(self.root, VCR_FOLDER, VCR_FEATURES)
+
+    def vcr_features(self):
+        """tools/extract_features.py: the detector's trunk (VL-BERT's region extractor with
+        MODEL.VLBERT.DETECTOR_WEIGHTS, stem to res5) over the VCR images, at the dataset's boxes,
+        into a feature cache (resumable). The cache records the detector, the data and the
+        options that shape the features (MODEL.*, INPUT.*): other ones are refused."""
+        cache = self.vcr_cache()
+        self.stamp(cache, VCR_FOLDER)
+        opts = self.args.vcr_opts
+        shaping = [x for key, value in zip(opts[::2], opts[1::2]) if key.startswith(("MODEL.", "INPUT."))
+                   for x in (key, value)]
+        self.config_stamp(cache, VCR_CONFIG, shaping, what="made")
+        text = self.run("vcr_features", ["tools/extract_features.py", "--config-file", VCR_CONFIG, "--datasets",
+                                         VCR_TRAIN, VCR_VAL, "--output", cache, "--batch-size", "8",
+                                         "--num-workers", "1", "--no-progress", *self.trunk_opts(True), *opts])
+        extracted, skipped, total = map(int, re.findall(
+            r"(\d+) images extracted, (\d+) were already there, (\d+) in the datasets", text)[-1])
+        return f"{extracted} images extracted, {skipped} already there, of {total}"
+
+    def vcr_opts(self):
+        return [*self.args.vcr_opts, "MODEL.VLBERT.FEATURE_CACHE", self.vcr_cache()]
+
     def vcr_eval(self):
-        run_dir, text = self.evaluate("vcr", VCR_CONFIG, self.args.vcr_opts, trunk=True)
+        run_dir, text = self.evaluate("vcr", VCR_CONFIG, self.vcr_opts(), trunk=True)
         per_type, counts = vcr_accuracy_per_type(
             os.path.join(run_dir, "inference", VCR_VAL, "vcr_Q2A_predictions.json"),
             os.path.join(self.root, VCR_FOLDER, "val.jsonl"))
@@ -454,8 +486,8 @@ class Pipeline:
                         ("RefCOCO+ training", lambda: self.train("refcoco", REFCOCO_CONFIG, REFCOCO_FOLDER,
                                                                  a.refcoco_opts, True)),
                         ("RefCOCO+ evaluation", self.refcoco_eval)],
-            "vcr": [("VCR data", self.vcr_data),
-                    ("VCR training", lambda: self.train("vcr", VCR_CONFIG, VCR_FOLDER, a.vcr_opts, True)),
+            "vcr": [("VCR data", self.vcr_data), ("VCR features", self.vcr_features),
+                    ("VCR training", lambda: self.train("vcr", VCR_CONFIG, VCR_FOLDER, self.vcr_opts(), True)),
                     ("VCR evaluation", self.vcr_eval)],
             "pretrain": [("captions data", self.captions_data), ("captions regions", self.captions_regions),
                          ("pre-training", lambda: self.train("pretrain", PRETRAIN_CONFIG, CAPTIONS_FOLDER,
@@ -463,9 +495,25 @@ class Pipeline:
                          ("pre-training evaluation", self.pretrain_eval)],
         }
 
+    @staticmethod
+    def import_libraries():
+        """Import, once, what the stages import (lazily, so that --help and the tests' import of
+        this file stay light) before the tasks' threads start: two threads importing one
+        package at the same time can fail (seen: KeyError: 'vlbert_d2.data')."""
+        with warnings.catch_warnings():  # torch's deprecation notes at import
+            warnings.simplefilter("ignore", FutureWarning)
+            import detectron2.config  # noqa: F401
+            import numpy  # noqa: F401
+
+            import vlbert_d2.data.datasets.refcoco  # noqa: F401
+            import vlbert_d2.data.datasets.vqa  # noqa: F401
+            import vlbert_d2.data.detections  # noqa: F401
+            import vlbert_d2.evaluation.vqa_eval  # noqa: F401
+
     def main(self):
         start = time.time()
         tasks = self.args.tasks
+        self.import_libraries()
         self.stage("detection data", self.detection_data)
         self.stage("detector", self.detector)
         stages = self.task_stages()
@@ -510,8 +558,9 @@ class Pipeline:
             print(f"RefCOCO+ on the detector's regions, from the pixels ({REFCOCO_VAL}): accuracy "
                   f"{s['refcoco'].get('accuracy', nan):.2f}")
         if "vcr" in s:
-            print(f"VCR from the pixels ({VCR_VAL}): Q->A {s['vcr'].get('Q2A', nan):.2f}; " + ", ".join(
-                f"{t} {a:.2f} ({s['vcr']['per_type_count'][t]})" for t, a in s["vcr"]["per_type"].items()))
+            print(f"VCR on the detector trunk's features ({VCR_VAL}): Q->A {s['vcr'].get('Q2A', nan):.2f}; "
+                  + ", ".join(f"{t} {a:.2f} ({s['vcr']['per_type_count'][t]})"
+                              for t, a in s["vcr"]["per_type"].items()))
         if "pretrain" in s:
             p = s["pretrain"]
             print(f"pre-training ({CAPTIONS_VAL}): masked RoI accuracy {p.get('mvrc_acc', nan):.2f} "

@@ -82,7 +82,8 @@ def test_pipeline_summary(run):
     assert vqa["overall"] == pytest.approx(vqa["reported"]["accuracy"], abs=0.01)
     assert set(summary["seconds"]) == {
         "detection data", "detector", "VQA data", "VQA regions", "VQA training", "VQA evaluation", "RefCOCO+ data",
-        "RefCOCO+ regions", "RefCOCO+ training", "RefCOCO+ evaluation", "VCR data", "VCR training", "VCR evaluation",
+        "RefCOCO+ regions", "RefCOCO+ training", "RefCOCO+ evaluation", "VCR data", "VCR features", "VCR training",
+        "VCR evaluation",
         "captions data", "captions regions", "pre-training", "pre-training evaluation"}
     for run_dir in ("detector", "vqa", "refcoco", "vcr", "pretrain"):
         assert os.path.isfile(out / run_dir / "model_final.pth"), run_dir
@@ -176,9 +177,9 @@ def test_refcoco_candidates_are_the_detectors_boxes(run):
 
 
 def test_trunk_runs_start_from_the_detector(run):
-    """The RefCOCO+ and VCR models' stem and res2 (frozen: FREEZE_AT 2 and 4) are the
-    detector's weights, bit for bit, after training: MODEL.VLBERT.DETECTOR_WEIGHTS was loaded.
-    VCR's res3 and res4 are frozen too (FREEZE_AT 4), RefCOCO+'s trained."""
+    """The RefCOCO+ model's stem and res2 (frozen: FREEZE_AT 2) are the detector's weights, bit
+    for bit, after training (MODEL.VLBERT.DETECTOR_WEIGHTS was loaded), its res3 to res5 trained
+    from them. VCR trains on the trunk's cached features: its whole trunk stays the detector's."""
     _, out, _ = run
     detector = torch.load(out / "detector" / "model_final.pth", weights_only=True)["model"]
     for task in ("refcoco", "vcr"):
@@ -187,10 +188,51 @@ def test_trunk_runs_start_from_the_detector(run):
             assert torch.equal(model["region_extractor." + name], detector[name]), (task, name)
         name = "backbone.res4.0.conv1.weight"
         assert torch.equal(model["region_extractor." + name], detector[name]) == (task == "vcr"), task
-        # res5 was trained from the detector's: moved, but not far.
         trained, start = model["region_extractor.res5.0.conv1.weight"], detector["roi_heads.res5.0.conv1.weight"]
-        assert not torch.equal(trained, start)
-        assert float((trained - start).norm() / start.norm()) < 0.5
+        if task == "vcr":
+            assert torch.equal(trained, start)
+        else:  # trained from the detector's: moved, but not far
+            assert not torch.equal(trained, start)
+            assert float((trained - start).norm() / start.norm()) < 0.5
+
+
+def test_vcr_trains_on_the_detector_trunks_features(run):
+    """The VCR feature cache holds every train and val image, stamped with the detector; its
+    features are what VL-BERT's region extractor with the detector's weights (the checks of
+    tests/checkpoint/test_detector_trunk.py: the detector's own region features) computes from
+    the image at the dataset's boxes; the VCR run trained and was evaluated on it."""
+    from detectron2.config import get_cfg
+    from detectron2.data import DatasetCatalog
+    from detectron2.modeling import build_model
+
+    from vlbert_d2 import add_vlbert_config
+    from vlbert_d2.data import SYNTHETIC_CLASSES, VCRDatasetMapper
+    from vlbert_d2.data.datasets.vcr import register_vcr
+    from vlbert_d2.data.feature_cache import FeatureCache
+
+    root, out, _ = run
+    folder = root / pipeline.VCR_FOLDER / pipeline.VCR_FEATURES
+    assert (folder / pipeline._STAMP).read_text().startswith(pipeline.sha256(out / "detector" / "model_final.pth"))
+    cache = FeatureCache(str(folder))
+    records = {}
+    for split in ("train", "val"):
+        register_vcr(f"pytest_pipeline_vcr_{split}", str(root / pipeline.VCR_FOLDER), split, SYNTHETIC_CLASSES)
+        records[split] = DatasetCatalog.get(f"pytest_pipeline_vcr_{split}")
+    assert set(cache.items) == {d["img_fn"] for r in records.values() for d in r} and len(cache) == 4 + 3
+    for run_dir in ("vcr_eval", "vcr"):  # the run's config last: the model below is built from it
+        cfg = add_vlbert_config(get_cfg())
+        cfg.merge_from_file(str(out / run_dir / "config.yaml"))
+        assert cfg.MODEL.VLBERT.FEATURE_CACHE == str(folder), run_dir
+    cfg.MODEL.VLBERT.FEATURE_CACHE = ""  # end to end, from the image
+    model = build_model(cfg).eval()  # the trunk from MODEL.VLBERT.DETECTOR_WEIGHTS
+    assert cfg.MODEL.VLBERT.DETECTOR_WEIGHTS == str(out / "detector" / "model_final.pth")
+    x = VCRDatasetMapper(cfg, False)(records["val"][0])
+    with torch.no_grad():
+        expected, _ = model.region_features([x], [x["boxes"]])
+    features, boxes, size = cache.get(records["val"][0]["img_fn"])
+    assert size == tuple(x["image"].shape[1:]) and features.shape == (len(records["val"][0]["objects"]) + 1, 256)
+    torch.testing.assert_close(boxes, x["boxes"])
+    torch.testing.assert_close(features, expected, rtol=1e-4, atol=1e-4)
 
 
 def test_pretraining_targets_are_the_detectors_classes(run):
@@ -322,7 +364,7 @@ def test_rerun_with_another_config_is_refused(run):
     done = run_pipeline(root, out, "--tasks", "vcr", vcr_opts=["SOLVER.BASE_LR", "0.002"])
     assert done.returncode != 0
     assert f"{out / 'vcr'}: trained with another config than {pipeline.VCR_CONFIG}" in done.stderr
-    assert "remove the folder to train it again" in done.stderr
+    assert "remove the folder to redo it with these" in done.stderr
     assert os.path.getmtime(out / "vcr" / "model_final.pth") == trained
     # A folder from before the record was kept (no CONFIG_SHA256 beside its model) is refused too.
     stamp = out / "vcr" / pipeline._CONFIG_STAMP
