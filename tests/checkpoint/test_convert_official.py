@@ -500,19 +500,25 @@ def test_precomputed_pretrained_checkpoint_converts():
 
 def test_checkpoint_trained_with_frozen_word_embeddings_converts():
     # Official word_embedding_frozen: the checkpoint has vlbert.special_word_embeddings.weight
-    # (the trainable copy of the first 1,000 rows); it maps onto this project's copy and a model
-    # built with MODEL.VLBERT.WORD_EMBEDDING_FROZEN loads it strictly for those keys.
+    # (the trainable copy of the first 1,000 rows). It maps onto this project's copy in a model
+    # built with MODEL.VLBERT.WORD_EMBEDDING_FROZEN; a model that trains every word embedding
+    # gets the copy's rows in its table instead (not an error, nothing dropped).
     from conftest import make_cfg
     from detectron2.modeling import build_model
 
-    model = build_model(make_cfg(MODEL__VLBERT__WORD_EMBEDDING_FROZEN=True, MODEL__VLBERT__VCR__NUM_OBJECT_CLASSES=3))
-    shapes = {k: v.shape for k, v in model.state_dict().items()}
-    H = shapes["vl_bert.special_word_embeddings.weight"][1]
-    special = torch.randn(1000, H)
-    sd = {"module.vlbert.special_word_embeddings.weight": special,
-          "module.vlbert.word_embeddings.weight": torch.randn(*shapes["vl_bert.bert.embeddings.word_embeddings.weight"])}
-    out, report = convert_official_state_dict(sd, shapes)
-    assert report.unmapped == []
-    assert report.mapped["vlbert.special_word_embeddings.weight"] == "vl_bert.special_word_embeddings.weight"
-    model.load_state_dict(out, strict=False)
-    torch.testing.assert_close(model.vl_bert.special_word_embeddings.weight.detach(), special)
+    loaded = {}
+    for frozen in (True, False):
+        model = build_model(make_cfg(MODEL__VLBERT__WORD_EMBEDDING_FROZEN=frozen, MODEL__VLBERT__VCR__NUM_OBJECT_CLASSES=3))
+        shapes = {k: v.shape for k, v in model.state_dict().items()}
+        table = shapes["vl_bert.bert.embeddings.word_embeddings.weight"]
+        g = torch.Generator().manual_seed(0)
+        special, words = torch.randn(1000, table[1], generator=g), torch.randn(*table, generator=g)
+        sd = {"module.vlbert.special_word_embeddings.weight": special, "module.vlbert.word_embeddings.weight": words}
+        out, report = convert_official_state_dict(sd, shapes)
+        assert report.unmapped == []
+        assert report.mapped["vlbert.special_word_embeddings.weight"] == "vl_bert.special_word_embeddings.weight"
+        result = model.load_state_dict(out, strict=False)
+        assert not result.unexpected_keys
+        ids = torch.tensor([[101, 2000, 999]])
+        loaded[frozen] = model.vl_bert.embed_words(ids).detach()
+        torch.testing.assert_close(loaded[frozen][0], torch.stack([special[101], words[2000], special[999]]))

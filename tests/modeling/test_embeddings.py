@@ -366,3 +366,36 @@ def test_frozen_word_embeddings_load_a_checkpoint_without_the_copy():
     again = VisualLinguisticBert(BertModel(config), word_embedding_frozen=True)
     again.load_state_dict(frozen.state_dict())
     assert again.special_word_embeddings.weight.abs().sum() == 0
+
+
+def test_frozen_word_embeddings_draw_no_random_numbers():
+    # The option must not shift the random stream: the layers built after VL-BERT's embedding
+    # and the dropout masks are those of the model without it (else comparing the two compares
+    # two initialisations too).
+    config = BertConfig(vocab_size=1200, hidden_size=8, num_hidden_layers=1, num_attention_heads=2,
+                        intermediate_size=16, max_position_embeddings=16, type_vocab_size=3)
+    after = []
+    for frozen in (False, True):
+        bert = BertModel(config)
+        torch.manual_seed(0)
+        VisualLinguisticBert(bert, word_embedding_frozen=frozen)
+        after.append(torch.randn(4))
+    torch.testing.assert_close(after[0], after[1], rtol=0, atol=0)
+
+
+def test_checkpoint_with_frozen_word_embeddings_loads_into_a_model_that_trains_them():
+    # The copy's rows replace the table's first rows: the model computes what the checkpoint's did
+    # (not the table's stale rows for [CLS], [SEP], [MASK]).
+    config = BertConfig(vocab_size=1200, hidden_size=8, num_hidden_layers=1, num_attention_heads=2,
+                        intermediate_size=16, max_position_embeddings=16, type_vocab_size=3)
+    torch.manual_seed(0)
+    frozen = VisualLinguisticBert(BertModel(config), word_embedding_frozen=True)
+    with torch.no_grad():
+        frozen.special_word_embeddings.weight.normal_()
+    plain = VisualLinguisticBert(BertModel(config))
+    result = plain.load_state_dict(frozen.state_dict(), strict=True)
+    assert not result.unexpected_keys
+    ids = torch.tensor([[101, 5, 1100, 102]])
+    torch.testing.assert_close(plain.embed_words(ids), frozen.embed_words(ids), rtol=0, atol=0)
+    torch.testing.assert_close(plain.word_embeddings.weight[1000:], frozen.word_embeddings.weight[1000:],
+                               rtol=0, atol=0)

@@ -9,6 +9,7 @@ embeddings and the final LayerNorm are BERT's own (``BertEmbeddings`` adds them 
 ``inputs_embeds``), so for a text-only input the outputs are exactly BERT's.
 """
 import contextlib
+import logging
 from dataclasses import dataclass
 from typing import Optional
 
@@ -91,20 +92,40 @@ class VisualLinguisticBert(nn.Module):
         self.special_word_embeddings = None
         if word_embedding_frozen:
             self.word_embeddings.requires_grad_(False)
-            words = self.word_embeddings.weight
-            self.special_word_embeddings = nn.Embedding(min(NUM_SPECIAL_WORDS, words.shape[0]), hidden)
-            with torch.no_grad():
-                self.special_word_embeddings.weight.copy_(words[:NUM_SPECIAL_WORDS])
-            self._register_load_state_dict_pre_hook(self._copy_special_words)
+            # A copy, not a new random table: nothing is drawn, so the option leaves the random
+            # stream (the layers built after it, dropout) as it is without it.
+            self.special_word_embeddings = nn.Embedding.from_pretrained(
+                self.word_embeddings.weight[:NUM_SPECIAL_WORDS].detach().clone(), freeze=False)
+        self._register_load_state_dict_pre_hook(self._special_words_of_checkpoint)
 
-    def _copy_special_words(self, state_dict, prefix, *args):
-        """A checkpoint trained without frozen word embeddings (BERT's, a pre-trained VL-BERT)
-        has no ``special_word_embeddings``: they start as a copy of its word embeddings' first
-        rows, as at construction, not as the copy of the weights it replaces."""
-        words = state_dict.get(prefix + "bert.embeddings.word_embeddings.weight")
+    def _special_words_of_checkpoint(self, state_dict, prefix, *args):
+        """Checkpoints with and without frozen word embeddings load into either model.
+
+        * Frozen here, none in the checkpoint (BERT's, a VL-BERT trained without the option): the
+          copy starts from the checkpoint's table, which is what the model computed. (The
+          official code copies BERT's rows at construction and keeps them when it loads a
+          pre-trained VL-BERT: a deviation, so that fine-tuning starts from what was pre-trained.)
+        * Not frozen here, a copy in the checkpoint: the copy's rows replace the table's first
+          rows (the special tokens are what the checkpoint computed; nothing silently dropped).
+        """
+        words_key = prefix + "bert.embeddings.word_embeddings.weight"
         key = prefix + "special_word_embeddings.weight"
-        if key not in state_dict and words is not None:
-            state_dict[key] = words[:self.special_word_embeddings.num_embeddings].clone()
+        words = state_dict.get(words_key)
+        if self.special_word_embeddings is not None:
+            if key not in state_dict and words is not None:
+                state_dict[key] = words[:self.special_word_embeddings.num_embeddings].clone()
+        elif key in state_dict:
+            special = state_dict.pop(key)
+            if words is None:
+                raise KeyError(f"{key}: a checkpoint with the special tokens' copy of frozen word embeddings "
+                               f"but no {words_key}; build the model with MODEL.VLBERT.WORD_EMBEDDING_FROZEN True")
+            words = words.clone()
+            words[:len(special)] = special
+            state_dict[words_key] = words
+            logging.getLogger(__name__).info(
+                "%s: the checkpoint's frozen-word-embedding copy (%d special tokens) written into the "
+                "word embeddings (this model trains them all: MODEL.VLBERT.WORD_EMBEDDING_FROZEN False)",
+                key, len(special))
 
     @property
     def hidden_size(self):
