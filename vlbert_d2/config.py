@@ -51,9 +51,10 @@ def add_vlbert_config(cfg):
     # tiny CPU configs open the RoI side while keeping the words readable on the text side.)
     _C.MODEL.VLBERT.VISUAL_LN_INIT_OBJECT = -1.0
     # The official NETWORK.VLBERT.word_embedding_frozen (False in all its configs): BERT's word
-    # embeddings are not trained, except those of the first 1,000 ids (BERT's [PAD], [unused*],
-    # [UNK], [CLS], [SEP], [MASK]), which get a trainable copy. The tiny pipeline VCR config sets
-    # it: the 30,522 x 384 embedding's dense gradient and AdamW update were a quarter of a step.
+    # embeddings are not trained, except those of the first 1,000 ids (in BERT's vocabulary
+    # [PAD], [unused*], [UNK], [CLS], [SEP], [MASK] and "!"), which get a trainable copy. The tiny
+    # pipeline VCR config sets it for speed: the table's dense gradient and AdamW update were a
+    # quarter of a step on a CPU (docs/measurements.md).
     _C.MODEL.VLBERT.WORD_EMBEDDING_FROZEN = False
     # Whether the words that name no object carry the whole image's visual feature (paper section
     # 3.2 and the official code: True). False: they carry none (zero before the text-side visual

@@ -36,8 +36,8 @@ pretrain   captions (<datasets>/synthetic_captions_pixels): the detector's regio
 A region folder records the sha256 of the detector that wrote it, and each VL-BERT run the one
 whose trunk or features it used: another detector's are refused (remove them to redo).
 
-After the detector the four tasks are independent: --jobs N runs N of them at a time (longest
-first), each of their commands with $OMP_NUM_THREADS / N threads (at least 1). On 2 cores the
+After the detector the four tasks are independent: --jobs N runs N of them at a time (pre-training,
+the longest, first), each of their commands with $OMP_NUM_THREADS / N threads (at least 1). On 2 cores the
 tiny runs do more side by side on one thread each than one after the other on two (make
 demo-pipeline: --jobs 2). A task's figures depend on its thread count in the last bits, not on
 which tasks ran beside it.
@@ -69,10 +69,10 @@ from collections import Counter
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 DETECTOR_CONFIG = "projects/BottomUpAttention/configs/BUA-Tiny-Synthetic.yaml"
 TASKS = ("vqa", "refcoco", "vcr", "pretrain")
-# With --jobs > 1 the tasks start longest first, so that the last one to start is short
-# (measured on one thread, 2026-12-02: pre-training 666 s, RefCOCO+ 343 s, VCR 314 s, VQA 203 s;
-# VCR and RefCOCO+ take turns beside pre-training either way, and VQA follows them).
-LONGEST_FIRST = ("pretrain", "vcr", "refcoco", "vqa")
+# With --jobs > 1 the tasks start in this order: pre-training, the longest, first, and VQA, the
+# shortest, last (measured on one thread, 2026-12-02: pre-training 646 s, VCR 533 s, RefCOCO+
+# 349 s, VQA 212 s; with two jobs RefCOCO+ and VCR follow each other beside pre-training either way).
+LONGEST_FIRST = ("pretrain", "refcoco", "vcr", "vqa")
 
 VQA_CONFIG = "configs/quick_schedules/VLBERT-Tiny-PipelineVQA.yaml"
 VQA_FOLDER = "synthetic_vqa_pixels"
@@ -137,6 +137,34 @@ def config_digest(config, opts):
     merged = CfgNode.load_yaml_with_base(os.path.join(REPO, config), allow_unsafe=True)
     text = json.dumps([merged, [str(o) for o in opts]], sort_keys=True, default=str)
     return hashlib.sha256(text.encode()).hexdigest()
+
+
+# The config keys that shape the RoI features a trunk computes (vlbert_d2/modeling/visual.py and
+# the mappers' test-time resizing): a feature cache made with other values is refused.
+FEATURE_KEYS = ("MODEL.WEIGHTS", "MODEL.BACKBONE.NAME", "MODEL.RESNETS", "MODEL.PIXEL_MEAN", "MODEL.PIXEL_STD",
+                "MODEL.VLBERT.CAFFE_MAXPOOL", "MODEL.VLBERT.RES5_DILATION", "MODEL.VLBERT.POOLER_TYPE",
+                "MODEL.VLBERT.POOLER_RESOLUTION", "MODEL.VLBERT.POOLER_SAMPLING_RATIO",
+                "MODEL.VLBERT.USE_INSTANCE_MASKS", "MODEL.VLBERT.FIXED_PAD", "INPUT.FORMAT", "INPUT.MIN_SIZE_TEST",
+                "INPUT.MAX_SIZE_TEST")
+
+
+def feature_digest(config, opts):
+    """sha256 of the values of :data:`FEATURE_KEYS` in ``config`` (a file of the repository,
+    its _BASE_ chain) with the options ``opts`` on top."""
+    from detectron2.config import get_cfg
+
+    from vlbert_d2 import add_vlbert_config
+
+    cfg = add_vlbert_config(get_cfg())
+    cfg.merge_from_file(os.path.join(REPO, config))
+    cfg.merge_from_list(list(opts))
+    picked = {}
+    for key in FEATURE_KEYS:
+        node = cfg
+        for part in key.split("."):
+            node = node[part]
+        picked[key] = node
+    return hashlib.sha256(json.dumps(picked, sort_keys=True).encode()).hexdigest()
 
 
 def vcr_accuracy_per_type(predictions_file, records_file):
@@ -213,11 +241,11 @@ class Pipeline:
         with open(path, "w") as f:
             f.write(text + "\n")
 
-    def config_stamp(self, run_dir, config, opts, what="trained"):
+    def config_stamp(self, run_dir, config, opts, what="trained", digest=None):
         """Record which config (its files and the options on top) trains ``run_dir``; refuse a
         run folder trained, or started, with another one: a rerun would skip it, or resume it,
-        with the old settings. (``what``: the verb of the message, "made" for a feature cache.)"""
-        digest = config_digest(config, opts)
+        with the old settings. (A feature cache: ``what`` "made", ``digest`` the feature keys'.)"""
+        digest = digest or config_digest(config, opts)
         path = os.path.join(run_dir, _CONFIG_STAMP)
         if os.path.isfile(path):
             if open(path).read().strip() != digest:
@@ -396,16 +424,14 @@ class Pipeline:
         """tools/extract_features.py: the detector's trunk (VL-BERT's region extractor with
         MODEL.VLBERT.DETECTOR_WEIGHTS, stem to res5) over the VCR images, at the dataset's boxes,
         into a feature cache (resumable). The cache records the detector, the data and the
-        options that shape the features (MODEL.*, INPUT.*): other ones are refused."""
+        config values that shape the features (:data:`FEATURE_KEYS`): other ones are refused."""
         cache = self.vcr_cache()
         self.stamp(cache, VCR_FOLDER)
-        opts = self.args.vcr_opts
-        shaping = [x for key, value in zip(opts[::2], opts[1::2]) if key.startswith(("MODEL.", "INPUT."))
-                   for x in (key, value)]
-        self.config_stamp(cache, VCR_CONFIG, shaping, what="made")
+        opts = [*self.args.vcr_opts, *self.trunk_opts(True)]  # the trunk the stamp names, whatever the options
+        self.config_stamp(cache, VCR_CONFIG, opts, what="made", digest=feature_digest(VCR_CONFIG, opts))
         text = self.run("vcr_features", ["tools/extract_features.py", "--config-file", VCR_CONFIG, "--datasets",
                                          VCR_TRAIN, VCR_VAL, "--output", cache, "--batch-size", "8",
-                                         "--num-workers", "1", "--no-progress", *self.trunk_opts(True), *opts])
+                                         "--num-workers", "1", "--no-progress", *opts])
         extracted, skipped, total = map(int, re.findall(
             r"(\d+) images extracted, (\d+) were already there, (\d+) in the datasets", text)[-1])
         return f"{extracted} images extracted, {skipped} already there, of {total}"
@@ -505,6 +531,7 @@ class Pipeline:
             import detectron2.config  # noqa: F401
             import numpy  # noqa: F401
 
+            import vlbert_d2  # noqa: F401
             import vlbert_d2.data.datasets.refcoco  # noqa: F401
             import vlbert_d2.data.datasets.vqa  # noqa: F401
             import vlbert_d2.data.detections  # noqa: F401

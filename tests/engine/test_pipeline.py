@@ -366,6 +366,12 @@ def test_rerun_with_another_config_is_refused(run):
     assert f"{out / 'vcr'}: trained with another config than {pipeline.VCR_CONFIG}" in done.stderr
     assert "remove the folder to redo it with these" in done.stderr
     assert os.path.getmtime(out / "vcr" / "model_final.pth") == trained
+    # The VCR feature cache took that option (it does not shape the features: nothing extracted),
+    # and refuses one that does.
+    assert "VCR features: " in done.stdout and "(0 images extracted, 7 already there, of 7)" in done.stdout
+    cache = root / pipeline.VCR_FOLDER / pipeline.VCR_FEATURES
+    done = run_pipeline(root, out, "--tasks", "vcr", vcr_opts=["MODEL.VLBERT.POOLER_TYPE", "ROIAlign"])
+    assert done.returncode != 0 and f"{cache}: made with another config than {pipeline.VCR_CONFIG}" in done.stderr
     # A folder from before the record was kept (no CONFIG_SHA256 beside its model) is refused too.
     stamp = out / "vcr" / pipeline._CONFIG_STAMP
     kept = stamp.read_text()
@@ -389,6 +395,7 @@ def test_rerun_skips_what_is_done_and_a_failing_task_fails_the_pipeline(run):
     assert done.returncode != 0
     assert "vcr_eval: failed (exit 1); the end of " + str(out / "logs" / "vcr_eval.log") in done.stderr
     assert "FileExistsError" in done.stderr or "Not a directory" in done.stderr
+    assert "(0 images extracted, 7 already there, of 7)" in done.stdout.split("   VCR features: ")[1].split("\n")[0]
     for stage in ("detector", "VQA training", "VCR training"):
         assert f"   {stage}: " in done.stdout and "done before: skipped" in done.stdout.split(f"   {stage}: ")[1].split("\n")[0]
     assert "   VQA evaluation: " in done.stdout  # the other task ran to its end
