@@ -322,11 +322,16 @@ def test_num_layers_larger_than_the_checkpoint_raises():
 
 
 # --------------------------------------------------------------------------- frozen word embeddings
+def _frozen_words_config():
+    """A BERT config whose vocabulary reaches past the 1,000 special ids."""
+    return BertConfig(vocab_size=1200, hidden_size=8, num_hidden_layers=1, num_attention_heads=2,
+                      intermediate_size=16, max_position_embeddings=16, type_vocab_size=3)
+
+
 def test_frozen_word_embeddings_keep_special_tokens_trainable_by_hand():
     # The official word_embedding_frozen: ids below 1,000 (BERT's [PAD], [unused*], [CLS],
     # [SEP], [MASK]) are looked up in a trainable copy, every other id in the frozen table.
-    config = BertConfig(vocab_size=1200, hidden_size=8, num_hidden_layers=1, num_attention_heads=2,
-                        intermediate_size=16, max_position_embeddings=16, type_vocab_size=3)
+    config = _frozen_words_config()
     torch.manual_seed(0)
     vl = VisualLinguisticBert(BertModel(config), word_embedding_frozen=True)
     table = vl.word_embeddings.weight
@@ -349,8 +354,7 @@ def test_frozen_word_embeddings_keep_special_tokens_trainable_by_hand():
 def test_frozen_word_embeddings_load_a_checkpoint_without_the_copy():
     # A checkpoint trained with every word embedding trainable (BERT's, a pre-trained VL-BERT)
     # has no special_word_embeddings: they come from its table, not from the replaced weights.
-    config = BertConfig(vocab_size=1200, hidden_size=8, num_hidden_layers=1, num_attention_heads=2,
-                        intermediate_size=16, max_position_embeddings=16, type_vocab_size=3)
+    config = _frozen_words_config()
     torch.manual_seed(0)
     trained = VisualLinguisticBert(BertModel(config))
     state = trained.state_dict()
@@ -372,8 +376,7 @@ def test_frozen_word_embeddings_draw_no_random_numbers():
     # The option must not shift the random stream: the layers built after VL-BERT's embedding
     # and the dropout masks are those of the model without it (else comparing the two compares
     # two initialisations too).
-    config = BertConfig(vocab_size=1200, hidden_size=8, num_hidden_layers=1, num_attention_heads=2,
-                        intermediate_size=16, max_position_embeddings=16, type_vocab_size=3)
+    config = _frozen_words_config()
     after = []
     for frozen in (False, True):
         bert = BertModel(config)
@@ -386,8 +389,7 @@ def test_frozen_word_embeddings_draw_no_random_numbers():
 def test_checkpoint_with_frozen_word_embeddings_loads_into_a_model_that_trains_them():
     # The copy's rows replace the table's first rows: the model computes what the checkpoint's did
     # (not the table's stale rows for [CLS], [SEP], [MASK]).
-    config = BertConfig(vocab_size=1200, hidden_size=8, num_hidden_layers=1, num_attention_heads=2,
-                        intermediate_size=16, max_position_embeddings=16, type_vocab_size=3)
+    config = _frozen_words_config()
     torch.manual_seed(0)
     frozen = VisualLinguisticBert(BertModel(config), word_embedding_frozen=True)
     with torch.no_grad():
