@@ -401,3 +401,16 @@ def test_checkpoint_with_frozen_word_embeddings_loads_into_a_model_that_trains_t
     torch.testing.assert_close(plain.embed_words(ids), frozen.embed_words(ids), rtol=0, atol=0)
     torch.testing.assert_close(plain.word_embeddings.weight[1000:], frozen.word_embeddings.weight[1000:],
                                rtol=0, atol=0)
+
+
+def test_checkpoint_with_the_copy_but_no_word_table_is_refused_by_name():
+    # A damaged or partial checkpoint: the special tokens' copy without the table it belongs to
+    # cannot be folded into a model that trains every embedding; the error names both keys.
+    config = _frozen_words_config()
+    torch.manual_seed(0)
+    state = VisualLinguisticBert(BertModel(config), word_embedding_frozen=True).state_dict()
+    del state["bert.embeddings.word_embeddings.weight"]
+    plain = VisualLinguisticBert(BertModel(config))
+    with pytest.raises(KeyError, match="special_word_embeddings.weight.*bert.embeddings.word_embeddings.weight"
+                                       ".*WORD_EMBEDDING_FROZEN True"):
+        plain.load_state_dict(state, strict=False)
