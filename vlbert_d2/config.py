@@ -199,6 +199,11 @@ def add_vlbert_config(cfg):
     # --- Solver ---
     # "SGD" (detectron2's, with SOLVER.MOMENTUM) or "ADAMW" (betas below).
     _C.SOLVER.OPTIMIZER = "SGD"
+    # Multiplies the learning rate of the visual trunk (ResNet and res5 head) when it is trained
+    # end to end. 1.0: the official setting (one rate for all). With AdamW, whose steps do not
+    # shrink with the gradient, a pre-trained trunk at the transformer's rate can lose what it
+    # knows (docs/measurements.md: the pipeline's VCR end to end, colour).
+    _C.SOLVER.TRUNK_LR_FACTOR = 1.0
     _C.SOLVER.BETAS = (0.9, 0.999)
     # AdamW's epsilon (official: 1e-6, BERT's; PyTorch's default is 1e-8).
     _C.SOLVER.ADAM_EPS = 1e-6

@@ -1,14 +1,19 @@
 """Optimizers of the paper: SGD with momentum (VCR) and AdamW (pre-training, VQA, RefCOCO+)."""
+import logging
+
 import torch
 
 from detectron2.solver.build import get_default_optimizer_params, maybe_add_gradient_clipping
+
+logger = logging.getLogger(__name__)
 
 
 def build_optimizer(cfg, model):
     """SGD or AdamW (``SOLVER.OPTIMIZER``) over detectron2's default parameter groups
     (``SOLVER.WEIGHT_DECAY``, ``WEIGHT_DECAY_NORM`` for normalisation layers, ``BIAS_LR_FACTOR``),
     with detectron2's gradient clipping or, for ``SOLVER.CLIP_GRADIENTS.CLIP_TYPE full_model``,
-    clipping of the norm of all gradients together."""
+    clipping of the norm of all gradients together. ``SOLVER.TRUNK_LR_FACTOR`` scales the learning
+    rate of the visual trunk (the model's ``region_extractor``: ResNet and res5 head)."""
     params = get_default_optimizer_params(
         model,
         base_lr=cfg.SOLVER.BASE_LR,
@@ -17,6 +22,7 @@ def build_optimizer(cfg, model):
         bias_lr_factor=cfg.SOLVER.BIAS_LR_FACTOR,
         weight_decay_bias=cfg.SOLVER.WEIGHT_DECAY_BIAS,
     )
+    params = _scale_trunk_lr(params, model, cfg.SOLVER.TRUNK_LR_FACTOR)
     name = cfg.SOLVER.OPTIMIZER.upper()
     if name == "SGD":
         optimizer = torch.optim.SGD(params, lr=cfg.SOLVER.BASE_LR, momentum=cfg.SOLVER.MOMENTUM,
@@ -30,6 +36,37 @@ def build_optimizer(cfg, model):
     if clip.ENABLED and clip.CLIP_TYPE == "full_model":
         return _clip_full_model_norm(optimizer, clip.CLIP_VALUE, clip.NORM_TYPE)
     return maybe_add_gradient_clipping(cfg, optimizer)
+
+
+TRUNK = "region_extractor."
+
+
+def _scale_trunk_lr(groups, model, factor):
+    """Split detectron2's parameter groups into trunk and non-trunk parts and multiply the
+    trunk's learning rate by ``factor``. The trunk is every parameter whose name, without a DDP
+    ``module.`` prefix, starts with ``region_extractor.``. The schedulers scale each group's own
+    rate, so the ratio holds through warm-up and decay."""
+    if factor < 0:
+        raise ValueError(f"SOLVER.TRUNK_LR_FACTOR must be >= 0, got {factor}")
+    if factor == 1.0:
+        return groups
+    trunk = {id(p) for n, p in model.named_parameters()
+             if (n[len("module."):] if n.startswith("module.") else n).startswith(TRUNK)}
+    out, scaled = [], 0
+    for group in groups:
+        inside = [p for p in group["params"] if id(p) in trunk]
+        outside = [p for p in group["params"] if id(p) not in trunk]
+        if outside:
+            out.append({**group, "params": outside})
+        if inside:
+            out.append({**group, "params": inside, "lr": group["lr"] * factor})
+            scaled += sum(p.numel() for p in inside)
+    if not scaled:
+        logger.warning("SOLVER.TRUNK_LR_FACTOR %s: the model trains no visual-trunk parameter "
+                       "(frozen, precomputed features or no trunk); the factor changes nothing", factor)
+    else:
+        logger.info("SOLVER.TRUNK_LR_FACTOR: %d trunk parameters at %s x the learning rate", scaled, factor)
+    return out
 
 
 def _clip_full_model_norm(optimizer, max_norm, norm_type):

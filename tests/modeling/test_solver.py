@@ -1,4 +1,5 @@
 """Optimizers and the full-model gradient clipping of the official VCR training."""
+import pytest
 import torch
 
 from conftest import make_cfg
@@ -39,3 +40,81 @@ def test_vcr_config_clips_like_the_official_training():
     cfg.merge_from_file(os.path.join(REPO, "configs", "VLBERT-Base-VCR.yaml"))
     c = cfg.SOLVER.CLIP_GRADIENTS
     assert c.ENABLED and c.CLIP_TYPE == "full_model" and c.CLIP_VALUE == 10.0
+
+
+class _WithTrunk(torch.nn.Module):
+    """The two parts the optimizer tells apart: ``region_extractor`` (the visual trunk) and the rest."""
+
+    def __init__(self):
+        super().__init__()
+        self.region_extractor = torch.nn.Linear(2, 2)
+        self.head = torch.nn.Linear(2, 2)
+
+
+class _DDPLike(torch.nn.Module):  # parameter names get a "module." prefix, as under DDP
+    def __init__(self, inner):
+        super().__init__()
+        self.module = inner
+
+
+def _first_adamw_step(model, **overrides):
+    cfg = make_cfg(SOLVER__OPTIMIZER="ADAMW", SOLVER__BASE_LR=0.01, SOLVER__WEIGHT_DECAY=0.0,
+                   SOLVER__WEIGHT_DECAY_BIAS=0.0, SOLVER__CLIP_GRADIENTS__ENABLED=False, **overrides)
+    opt = build_optimizer(cfg, model)
+    before = {n: p.detach().clone() for n, p in model.named_parameters()}
+    for p in model.parameters():
+        p.grad = torch.ones_like(p)
+    opt.step()
+    return {n: (before[n] - p.detach()).abs().max().item() for n, p in model.named_parameters()}
+
+
+def test_trunk_lr_factor_by_hand():
+    """AdamW's first step moves each weight by lr * g / (|g| + eps), i.e. by lr for g = 1: the
+    trunk by 0.01 x 0.1, the rest by 0.01; biases by BIAS_LR_FACTOR (2) times that."""
+    for model, prefix in ((_WithTrunk(), ""), (_DDPLike(_WithTrunk()), "module.")):
+        moved = _first_adamw_step(model, SOLVER__TRUNK_LR_FACTOR=0.1, SOLVER__BIAS_LR_FACTOR=2.0)
+        expected = {"region_extractor.weight": 0.001, "region_extractor.bias": 0.002,
+                    "head.weight": 0.01, "head.bias": 0.02}
+        for name, step in expected.items():
+            assert abs(moved[prefix + name] - step) < 1e-7, (prefix + name, moved[prefix + name])
+
+
+def test_trunk_lr_factor_default_and_bad_value():
+    moved = _first_adamw_step(_WithTrunk())
+    assert abs(moved["region_extractor.weight"] - 0.01) < 1e-7 and abs(moved["head.weight"] - 0.01) < 1e-7
+    with pytest.raises(ValueError, match="TRUNK_LR_FACTOR must be >= 0"):
+        _first_adamw_step(_WithTrunk(), SOLVER__TRUNK_LR_FACTOR=-1.0)
+
+
+def test_trunk_lr_factor_holds_through_the_schedule():
+    from vlbert_d2.solver import build_lr_scheduler
+
+    model = _WithTrunk()
+    cfg = make_cfg(SOLVER__OPTIMIZER="ADAMW", SOLVER__BASE_LR=0.01, SOLVER__TRUNK_LR_FACTOR=0.25,
+                   SOLVER__BIAS_LR_FACTOR=1.0, SOLVER__LR_SCHEDULER_NAME="WarmupLinearDecayLR",
+                   SOLVER__MAX_ITER=10, SOLVER__WARMUP_ITERS=2, SOLVER__WARMUP_FACTOR=0.1)
+    opt = build_optimizer(cfg, model)
+    sched = build_lr_scheduler(cfg, opt)
+    trunk = {id(p) for p in model.region_extractor.parameters()}
+    for it in range(9):
+        rates = {id(p) in trunk: g["lr"] for g in opt.param_groups for p in g["params"]}
+        assert rates[False] > 0 and abs(rates[True] - 0.25 * rates[False]) < 1e-12, (it, rates)
+        opt.step()
+        sched.step()
+
+
+def test_trunk_lr_factor_reaches_the_whole_trunk_of_the_model(tiny_cfg):
+    """On the real model: every trained parameter of the ResNet trunk and the res5 head is
+    scaled, and nothing else."""
+    from detectron2.modeling import build_model
+
+    tiny_cfg.MODEL.BACKBONE.FREEZE_AT = 2
+    tiny_cfg.MODEL.RESNETS.NORM = "FrozenBN"
+    tiny_cfg.SOLVER.TRUNK_LR_FACTOR = 0.01
+    tiny_cfg.SOLVER.BIAS_LR_FACTOR = 1.0
+    model = build_model(tiny_cfg)
+    opt = build_optimizer(tiny_cfg, model)
+    scaled = {id(p) for g in opt.param_groups if g["lr"] < tiny_cfg.SOLVER.BASE_LR for p in g["params"]}
+    trunk = {id(p) for p in model.region_extractor.parameters() if p.requires_grad}
+    assert trunk and scaled == trunk
+    assert {id(p) for p in model.region_extractor.res5.parameters()} <= scaled
