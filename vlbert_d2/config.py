@@ -170,6 +170,11 @@ def add_vlbert_config(cfg):
     # Number of classes of the detection files' "classes" distributions (Visual Genome: 1600 +
     # background).
     _C.MODEL.VLBERT.PRETRAIN.NUM_REGION_CLASSES = 1601
+    # Not in the paper (0: off, official). > 0: the masked RoIs also predict the detector's
+    # attribute distribution (the detection files' "attributes", this wide: Visual Genome 400 +
+    # "no attribute"), by a second linear classifier on the same transform, soft cross-entropy
+    # ("loss_mvrc_attr"; accuracy "mvrc_attr_acc" against the distribution's most probable entry).
+    _C.MODEL.VLBERT.PRETRAIN.NUM_REGION_ATTRIBUTES = 0
     # Sentence-image relationship prediction (ViLBERT/LXMERT style), which the paper found
     # harmful: off. When on, half of the captions are replaced by a random other caption and
     # the pooled [CLS] output classifies matched/mismatched.

@@ -31,7 +31,8 @@ vcr        colour, position and size questions (<datasets>/synthetic_vcr_pixels)
 pretrain   captions (<datasets>/synthetic_captions_pixels): the detector's regions, class
            distributions and features over their images; pre-training with
            VLBERT-Tiny-PipelinePretrain.yaml, whose masked RoI classification predicts the
-           detector's class distribution; masked-RoI accuracy against the majority class
+           detector's class distribution (and its attribute distribution, not in the paper);
+           masked-RoI accuracies against the majority class and attribute
 
 A region folder records the sha256 of the detector that wrote it, and each VL-BERT run the one
 whose trunk or features it used: another detector's are refused (remove them to redo).
@@ -484,12 +485,15 @@ class Pipeline:
     def pretrain_eval(self):
         _, text = self.evaluate("pretrain", PRETRAIN_CONFIG, self.args.pretrain_opts, trunk=True)
         metrics = copypaste_tables(text).get("pretrain", {})
-        metrics["mvrc_majority_baseline"] = self.majority_baseline()
+        metrics["mvrc_majority_baseline"] = self.majority_baseline("classes")
+        if "mvrc_attr_acc" in metrics:
+            metrics["mvrc_attr_majority_baseline"] = self.majority_baseline("attributes")
         self.results["pretrain"] = metrics
 
-    def majority_baseline(self):
-        """The masked-RoI accuracy of always answering the most frequent most-probable class of
-        the val regions (the detector's class distributions): what "chance" means here."""
+    def majority_baseline(self, field):
+        """The masked-RoI accuracy of always answering the most frequent most probable entry of
+        the val regions' distributions (``field``: the detector's "classes", without the
+        background column, or "attributes"): what "chance" means here."""
         import numpy as np
 
         from vlbert_d2.data.detections import read_detection
@@ -497,8 +501,10 @@ class Pipeline:
         files = glob.glob(os.path.join(self.root, CAPTIONS_FOLDER, "bua_regions", "val", "*.json"))
         top = Counter()
         for f in files:
-            classes = read_detection(f)["classes"]
-            top.update(np.argmax(classes[:, 1:], axis=1).tolist())  # column 0: background
+            values = read_detection(f)[field]
+            if field == "classes":
+                values = values[:, 1:]  # column 0: background
+            top.update(np.argmax(values, axis=1).tolist())
         return round(100.0 * max(top.values()) / sum(top.values()), 2) if top else float("nan")
 
     def task_stages(self):
@@ -593,7 +599,9 @@ class Pipeline:
             print(f"pre-training ({CAPTIONS_VAL}): masked RoI accuracy {p.get('mvrc_acc', nan):.2f} "
                   f"(majority class {p['mvrc_majority_baseline']:.2f}), masked words "
                   f"{p.get('mlm_caption_acc', nan):.2f} (captions)"
-                  + (f" / {p['mlm_text_acc']:.2f} (text)" if "mlm_text_acc" in p else ""))
+                  + (f" / {p['mlm_text_acc']:.2f} (text)" if "mlm_text_acc" in p else "")
+                  + (f", masked RoI attributes {p['mvrc_attr_acc']:.2f} (majority "
+                     f"{p['mvrc_attr_majority_baseline']:.2f})" if "mvrc_attr_acc" in p else ""))
         for name, seconds in self.times.items():
             print(f"  {name:<24} {seconds:7.1f} s")
         print(f"  {'total':<24} {s['total_seconds']:7.1f} s")

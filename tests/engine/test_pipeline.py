@@ -93,11 +93,13 @@ def test_pipeline_summary(run):
     # The per-type accuracies, weighted by their counts, are the evaluator's overall Q->A.
     overall = sum(vcr["per_type"][t] * n for t, n in vcr["per_type_count"].items()) / 3
     assert overall == pytest.approx(vcr["Q2A"], abs=0.01)
-    assert {"mvrc_acc", "mlm_caption_acc", "mvrc_majority_baseline"} <= set(summary["pretrain"])
+    assert {"mvrc_acc", "mlm_caption_acc", "mvrc_majority_baseline", "mvrc_attr_acc",
+            "mvrc_attr_majority_baseline"} <= set(summary["pretrain"])
     # The paper's setting (b): captions only, no text-only corpus (its batches log loss_mlm_text).
     assert "mlm_text_acc" not in summary["pretrain"]
     logged = [json.loads(line) for line in open(out / "pretrain" / "metrics.json")]
     assert any("loss_mlm" in m for m in logged) and not any("loss_mlm_text" in m for m in logged)
+    assert any("loss_mvrc_attr" in m for m in logged)  # the masked RoIs' attribute target
     assert summary["captions_left_out"] == {"train": 0, "val": 0}
 
 
@@ -235,7 +237,7 @@ def test_vcr_trains_on_the_detector_trunks_features(run):
     torch.testing.assert_close(features, expected, rtol=1e-4, atol=1e-4)
 
 
-def test_pretraining_targets_are_the_detectors_classes(run):
+def test_pretraining_targets_are_the_detectors_classes_and_attributes(run):
     from detectron2.config import get_cfg
     from detectron2.data import DatasetCatalog
 
@@ -261,6 +263,7 @@ def test_pretraining_targets_are_the_detectors_classes(run):
         assert r["detection_file"].startswith(str(folder / "bua_regions" / "val"))
         det = read_detection(r["detection_file"])
         assert det["classes"].shape[1] == p.NUM_REGION_CLASSES
+        assert det["attributes"].shape[1] == p.NUM_REGION_ATTRIBUTES == 7  # 6 colours + "no attribute"
         keep = select_boxes(det["classes"], p.MIN_BOXES, p.MAX_BOXES, p.SCORE_THRESH, r["detection_file"])
         for _ in range(5):
             out = mapper(r)
@@ -269,6 +272,9 @@ def test_pretraining_targets_are_the_detectors_classes(run):
             torch.testing.assert_close(out["features"][1:], torch.from_numpy(det["features"][keep]))
             rows = out["mvrc_targets"][1:].sum(1) > 0
             torch.testing.assert_close(out["mvrc_targets"][1:][rows], torch.from_numpy(det["classes"][keep][rows.numpy()]))
+            torch.testing.assert_close(out["mvrc_attr_targets"][1:][rows],
+                                       torch.from_numpy(det["attributes"][keep][rows.numpy()]))
+            assert not out["mvrc_attr_targets"][1:][~rows].any()
             chosen += int(rows.sum())
     assert chosen > 0
 

@@ -239,6 +239,61 @@ def test_mapper_masks_pixels_and_marks_targets(captions_root):
     assert torch.equal(again["input_ids"], out["input_ids"]) and torch.equal(again["mvrc_masked"], out["mvrc_masked"])
 
 
+def _caption_with_attributes(captions_root, tmp_path, attributes=True, width=None):
+    """The first training caption, its detection file rewritten with attribute distributions:
+    box j's distribution is one-hot at j (``width`` entries), so a target row tells its box."""
+    from vlbert_d2.data.datasets.pretrain import load_conceptual_captions
+    from vlbert_d2.data.detections import encode_detection, read_detection, write_detection
+
+    d = dict(load_conceptual_captions(str(captions_root / "train_frcnn.json"), str(captions_root))[0])
+    det = read_detection(d["detection_file"])
+    n = len(det["boxes"])
+    attrs = np.eye(n, width or n, dtype=np.float32) if attributes else None
+    path = str(tmp_path / "with_attributes.json")
+    write_detection(path, encode_detection(1, det["image_w"], det["image_h"], det["boxes"],
+                                           classes=det["classes"], attributes=attrs))
+    d["detection_file"] = path
+    return d, det
+
+
+def test_mapper_gives_each_chosen_region_its_attribute_distribution(captions_root, tmp_path):
+    d, det = _caption_with_attributes(captions_root, tmp_path)
+    n = len(det["boxes"])
+    cfg = pretrain_cfg(MODEL__VLBERT__PRETRAIN__MVRC_PROB=1.0, MODEL__VLBERT__PRETRAIN__NUM_REGION_ATTRIBUTES=n)
+    out = mapper(cfg, is_train=False)(d)
+    attr, classes = out["mvrc_attr_targets"], out["mvrc_targets"]
+    assert attr.shape == (len(classes), n) and not attr[0].any()  # the whole image: no target
+    rows = attr[1:].argmax(1)  # which box of the file each region is
+    assert torch.equal(attr[1:], torch.eye(n)[rows])
+    # The same box as the class target of that row.
+    torch.testing.assert_close(classes[1:], torch.from_numpy(det["classes"])[rows])
+    # Off by default: no attribute targets.
+    assert "mvrc_attr_targets" not in mapper(pretrain_cfg(), is_train=False)(d)
+
+
+def test_attribute_targets_missing_or_of_the_wrong_width_are_named(captions_root, tmp_path):
+    from vlbert_d2.data.detections import DetectionFormatError
+
+    d, det = _caption_with_attributes(captions_root, tmp_path, attributes=False)
+    cfg = pretrain_cfg(MODEL__VLBERT__PRETRAIN__NUM_REGION_ATTRIBUTES=7)
+    with pytest.raises(DetectionFormatError, match=r"with_attributes.json: missing field 'attributes'.*=7"):
+        mapper(cfg, is_train=False)(d)
+    d, _ = _caption_with_attributes(captions_root, tmp_path, width=5)
+    with pytest.raises(DetectionFormatError,
+                       match=r"with_attributes.json: field 'attributes' has 5 entries per box, expected .*=7"):
+        mapper(cfg, is_train=False)(d)
+
+
+def test_detection_files_refuse_negative_attribute_probabilities(tmp_path):
+    from vlbert_d2.data.detections import DetectionFormatError, encode_detection, read_detection, write_detection
+
+    path = str(tmp_path / "bad.json")
+    attrs = np.array([[0.5, 0.5], [1.2, -0.2]], dtype=np.float32)
+    write_detection(path, encode_detection(1, 10, 10, [[0, 0, 5, 5], [1, 1, 4, 4]], attributes=attrs))
+    with pytest.raises(DetectionFormatError, match=r"bad.json: field 'attributes': box 1 has a negative attribute"):
+        read_detection(path)
+
+
 # ---------------------------------------------------------------------------------------------
 # Model: the three losses, the text-only path, MLM initialisation
 
@@ -288,6 +343,47 @@ def test_the_three_losses_on_tiny_inputs():
     text_losses = head(out, batch)
     assert set(text_losses) == {"loss_mlm_text"}
     torch.testing.assert_close(text_losses["loss_mlm_text"], losses["loss_mlm"])
+
+
+def test_attribute_loss_and_accuracy_by_hand():
+    """Attribute classifier set to the constant logits (0, ln 2, 0): softmax (1/4, 1/2, 1/4).
+    Targets (0, 1, 0) and (1, 0, 0) on the two chosen RoIs: losses ln 2 and ln 4, mean 1.5 ln 2;
+    the prediction (entry 1) is right for the first only."""
+    import math
+
+    from vlbert_d2.modeling.heads import PretrainHead
+    from vlbert_d2.modeling.meta_arch import VLBertBatch
+    from vlbert_d2.modeling.vl_bert import VLBertOutput
+
+    torch.manual_seed(0)
+    head = PretrainHead(hidden_size=8, vocab_size=50, num_region_classes=4, num_region_attributes=3)
+    with torch.no_grad():
+        head.mvrc_attr_classifier.weight.zero_()
+        head.mvrc_attr_classifier.bias.copy_(torch.tensor([0.0, math.log(2), 0.0]))
+    t0, t1 = torch.zeros(3, 4), torch.zeros(2, 4)
+    t0[2, 1] = t1[1, 3] = 1.0
+    a0, a1 = torch.zeros(3, 3), torch.zeros(2, 3)
+    a0[2] = torch.tensor([0.0, 1.0, 0.0])
+    a1[1] = torch.tensor([1.0, 0.0, 0.0])
+    inputs = [{"mlm_labels": torch.tensor([[-1, 7, -1, -1, -1]]), "mvrc_targets": t0, "mvrc_attr_targets": a0},
+              {"mlm_labels": torch.tensor([[-1, -1, 3, -1, -1]]), "mvrc_targets": t1, "mvrc_attr_targets": a1}]
+    batch = VLBertBatch(num_choices=[1, 1], seq_to_input=torch.arange(2),
+                        object_mask=torch.tensor([[1, 1, 1], [1, 1, 0]]), inputs=inputs,
+                        word_embeddings=torch.randn(50, 8))
+    out = VLBertOutput(text=torch.randn(2, 5, 8), objects=torch.randn(2, 3, 8), pooled=torch.randn(2, 8),
+                       attention_mask=None)
+    losses = head.train()(out, batch)
+    assert set(losses) == {"loss_mlm", "loss_mvrc", "loss_mvrc_attr"}
+    assert abs(losses["loss_mvrc_attr"].item() - 1.5 * math.log(2)) < 1e-6
+    losses["loss_mvrc_attr"].backward()
+    # d loss / d bias = mean of (softmax - target) = ((1/4, -1/2, 1/4) + (-3/4, 1/2, 1/4)) / 2
+    torch.testing.assert_close(head.mvrc_attr_classifier.bias.grad, torch.tensor([-0.25, 0.0, 0.25]))
+    counts = head.eval()(out, batch)
+    assert [(c["mvrc_attr_correct"], c["mvrc_attr_total"]) for c in counts] == [(1, 1), (0, 1)]
+    # Caption inputs without the targets: refused, naming the key.
+    del inputs[1]["mvrc_attr_targets"]
+    with pytest.raises(ValueError, match="NUM_REGION_ATTRIBUTES needs caption inputs with 'mvrc_attr_targets'"):
+        head.train()(out, batch)
 
 
 def test_text_only_inputs_use_one_learned_visual_vector_and_mix_with_captions(captions_root):
@@ -394,6 +490,10 @@ def test_pretrain_metrics_by_kind():
     assert pretrain_metrics(counts) == {"mlm_caption_acc": 25.0, "num_mlm_caption": 4.0,
                                         "mlm_text_acc": 75.0, "num_mlm_text": 4.0,
                                         "mvrc_acc": 50.0, "num_mvrc": 4.0}
+    counts[0].update(mvrc_attr_correct=1, mvrc_attr_total=2)
+    counts[1].update(mvrc_attr_correct=2, mvrc_attr_total=2)
+    metrics = pretrain_metrics(counts)
+    assert metrics["mvrc_attr_acc"] == 75.0 and metrics["num_mvrc_attr"] == 4.0
 
 
 def _copypaste_tables(stdout):

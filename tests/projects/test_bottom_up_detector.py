@@ -284,6 +284,7 @@ def test_regressed_boxes_and_no_attributes(images):
                                  images)
     regions = det(images[:1])[0]
     assert not regions.has("attr_logits") and len(regions) >= 10
+    assert "attributes" not in bua.detection_record(1, 200, 120, regions)  # no attribute head: none written
     with pytest.raises(ValueError, match="BOX_SOURCE"):
         tiny_detector("MODEL.BUA.BOX_SOURCE", "gt")
 
@@ -314,5 +315,10 @@ def test_detection_record_round_trip(detector, images, tmp_path):
     # Background first in the files, last in detectron2.
     np.testing.assert_allclose(det["classes"][:, 0], regions.class_probs[:, -1].numpy())
     np.testing.assert_allclose(det["classes"][:, 1:], regions.class_probs[:, :-1].numpy())
+    # The attribute distributions: the softmax of the attribute logits, "no attribute" last.
+    logits = regions.attr_logits.double().numpy()
+    expected = np.exp(logits) / np.exp(logits).sum(1, keepdims=True)
+    assert det["attributes"].shape == (len(regions), 13)
+    np.testing.assert_allclose(det["attributes"], expected, rtol=1e-5, atol=1e-7)
     write_detection(path, bua.detection_record(42, 200, 120, regions))
     assert "features" not in read_detection(path)

@@ -6,11 +6,14 @@ preparation store one JSON file per image::
     {"image_id": 42, "image_w": 640, "image_h": 480, "num_boxes": 36,
      "boxes": base64(float32 N x 4, x1 y1 x2 y2 in pixels),
      "features": base64(float32 N x D)        # optional (D = 2048 for the R101 detector)
-     "classes": base64(float32 N x C)}        # optional: class distribution (C = 1601 with
+     "classes": base64(float32 N x C),        # optional: class distribution (C = 1601 with
                                               # background for Visual Genome)
+     "attributes": base64(float32 N x A)}     # optional: attribute distribution ("no
+                                              # attribute" last; A = 401 for Visual Genome)
 
 VQA v2 reads the boxes (and, in precomputed-feature mode, the features); pre-training reads the
-class distributions as the targets of masked RoI classification.
+class distributions as the targets of masked RoI classification (and, with
+``MODEL.VLBERT.PRETRAIN.NUM_REGION_ATTRIBUTES``, the attribute distributions).
 """
 import base64
 import json
@@ -21,7 +24,7 @@ import numpy as np
 
 from ..utils.files import atomic_write, read_json_any
 
-_ARRAYS = ("boxes", "features", "classes")
+_ARRAYS = ("boxes", "features", "classes", "attributes")
 # Image sides and box counts above this are corrupt values: float32 (the box tensors) holds
 # integers exactly only up to 2**24, and no real image or detection comes near it.
 _MAX_INT = 2 ** 24
@@ -35,12 +38,12 @@ def _encode(array):
     return base64.b64encode(np.ascontiguousarray(array, dtype=np.float32).tobytes()).decode("ascii")
 
 
-def encode_detection(image_id, image_w, image_h, boxes, features=None, classes=None):
+def encode_detection(image_id, image_w, image_h, boxes, features=None, classes=None, attributes=None):
     """The JSON-serialisable dict of one image's detections (see the module docstring)."""
     boxes = np.asarray(boxes, dtype=np.float32).reshape(-1, 4)
     record = {"image_id": image_id, "image_w": int(image_w), "image_h": int(image_h),
               "num_boxes": int(len(boxes)), "boxes": _encode(boxes)}
-    for key, value in (("features", features), ("classes", classes)):
+    for key, value in (("features", features), ("classes", classes), ("attributes", attributes)):
         if value is not None:
             value = np.asarray(value, dtype=np.float32)
             if value.ndim != 2 or len(value) != len(boxes):
@@ -76,7 +79,7 @@ def parse_detection(record, path="<detection>"):
 
     Returns:
         dict with ``image_id``, ``image_w``, ``image_h``, ``boxes`` (N, 4) float32 and, when
-        present, ``features`` (N, D) and ``classes`` (N, C).
+        present, ``features`` (N, D), ``classes`` (N, C) and ``attributes`` (N, A).
     """
     if not isinstance(record, dict):
         raise DetectionFormatError(f"{path}: expected a JSON object, got {type(record).__name__}")
@@ -100,7 +103,7 @@ def parse_detection(record, path="<detection>"):
     w, h = int(record["image_w"]), int(record["image_h"])
     out = {"image_id": record.get("image_id"), "image_w": w, "image_h": h,
            "boxes": _decode(record, "boxes", n, path, width=4)}
-    for key in ("features", "classes"):
+    for key in ("features", "classes", "attributes"):
         if record.get(key) is not None:
             out[key] = _decode(record, key, n, path)
     if record.get("image_box_feature") is not None:  # the whole image's feature, when stored
@@ -113,13 +116,15 @@ def parse_detection(record, path="<detection>"):
                                    "x1 <= x2, y1 <= y2 (finite)")
     # NaN features gave garbage predictions with rc 0, NaN class distributions NaN soft targets:
     # both are refused here, naming the first bad box.
-    for key in ("features", "classes", "image_box_feature"):
+    for key in ("features", "classes", "attributes", "image_box_feature"):
         if key in out:
             _check_finite(out[key], key, path)
-    if "classes" in out and (out["classes"] < 0).any():
-        i = int(np.flatnonzero((out["classes"] < 0).any(1))[0])
-        raise DetectionFormatError(f"{path}: field 'classes': box {i} has a negative class probability "
-                                   f"({float(out['classes'][i].min())}); a class distribution is non-negative")
+    for key in ("classes", "attributes"):
+        if key in out and (out[key] < 0).any():
+            i = int(np.flatnonzero((out[key] < 0).any(1))[0])
+            what = "class" if key == "classes" else "attribute"
+            raise DetectionFormatError(f"{path}: field '{key}': box {i} has a negative {what} probability "
+                                       f"({float(out[key][i].min())}); a {what} distribution is non-negative")
     return out
 
 

@@ -132,7 +132,7 @@ class PretrainDatasetMapper:
     @configurable
     def __init__(self, is_train, *, tokenizer, augmentations, image_format, pixel_mean,
                  max_text_len, text_max_len, with_mlm=True, mlm_prob=0.15, with_mvrc=True,
-                 mvrc_prob=0.15, num_region_classes=1601, min_boxes=10, max_boxes=100,
+                 mvrc_prob=0.15, num_region_classes=1601, num_region_attributes=0, min_boxes=10, max_boxes=100,
                  score_thresh=0.5, detection_features=False, rel_captions=None):
         """
         Args:
@@ -145,6 +145,7 @@ class PretrainDatasetMapper:
             text_max_len (int): word pieces of a text-corpus sample (no [CLS] or [SEP] is added).
             with_mlm, mlm_prob, with_mvrc, mvrc_prob: the two tasks (``MODEL.VLBERT.PRETRAIN``).
             num_region_classes (int): width of the detection files' ``classes``.
+            num_region_attributes (int): width of their ``attributes`` (0: not read).
             min_boxes, max_boxes, score_thresh: box selection (see :func:`select_boxes`).
             detection_features (bool): precomputed-feature mode (the detection files' features).
             rel_captions (list[str] or None): captions to draw mismatched ones from for the
@@ -160,6 +161,7 @@ class PretrainDatasetMapper:
         self.with_mlm, self.mlm_prob = with_mlm, mlm_prob
         self.with_mvrc, self.mvrc_prob = with_mvrc, mvrc_prob
         self.num_region_classes = num_region_classes
+        self.num_region_attributes = num_region_attributes
         self.min_boxes, self.max_boxes, self.score_thresh = min_boxes, max_boxes, score_thresh
         self.detection_features = detection_features
         self.rel_captions = rel_captions
@@ -187,7 +189,7 @@ class PretrainDatasetMapper:
             "text_max_len": p.TEXT_MAX_LEN,
             "with_mlm": p.WITH_MLM, "mlm_prob": p.MLM_PROB,
             "with_mvrc": p.WITH_MVRC, "mvrc_prob": p.MVRC_PROB,
-            "num_region_classes": p.NUM_REGION_CLASSES,
+            "num_region_classes": p.NUM_REGION_CLASSES, "num_region_attributes": p.NUM_REGION_ATTRIBUTES,
             "min_boxes": p.MIN_BOXES, "max_boxes": p.MAX_BOXES, "score_thresh": p.SCORE_THRESH,
             "detection_features": cfg.MODEL.VLBERT.DETECTION_FEATURES,
             "rel_captions": rel_captions,
@@ -250,6 +252,20 @@ class PretrainDatasetMapper:
             chosen = masked = np.zeros(n, dtype=bool)
         targets = torch.zeros((n, self.num_region_classes))
         targets[1:][torch.from_numpy(chosen[1:])] = torch.from_numpy(classes[chosen[1:]])
+        attr_targets = None
+        if self.num_region_attributes:
+            if "attributes" not in det:
+                raise DetectionFormatError(
+                    f"{path}: missing field 'attributes' (the attribute distributions that "
+                    f"MODEL.VLBERT.PRETRAIN.NUM_REGION_ATTRIBUTES={self.num_region_attributes} predicts; "
+                    f"for {d['source']}; write them with a detector that has an attribute head: regions "
+                    f"extracted before detection files carried attributes need extracting again)")
+            if det["attributes"].shape[1] != self.num_region_attributes:
+                raise DetectionFormatError(
+                    f"{path}: field 'attributes' has {det['attributes'].shape[1]} entries per box, expected "
+                    f"MODEL.VLBERT.PRETRAIN.NUM_REGION_ATTRIBUTES={self.num_region_attributes}")
+            attr_targets = torch.zeros((n, self.num_region_attributes))
+            attr_targets[1:][torch.from_numpy(chosen[1:])] = torch.from_numpy(det["attributes"][keep][chosen[1:]])
 
         w, h = det["image_w"], det["image_h"]
         # The whole image as the official loader adds it: [0, 0, w - 1, h - 1].
@@ -286,4 +302,6 @@ class PretrainDatasetMapper:
         out.update(self.encode_text(caption, self.max_text_len, rng))
         out.update(mvrc_masked=torch.from_numpy(masked), mvrc_targets=targets, height=h, width=w,
                    image_id=d["image_id"], pretrain_kind="caption", source=d["source"])
+        if attr_targets is not None:
+            out["mvrc_attr_targets"] = attr_targets
         return out

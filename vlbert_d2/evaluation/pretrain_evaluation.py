@@ -14,12 +14,14 @@ def pretrain_metrics(counts):
     Returns:
         dict: ``mlm_caption_acc`` (masked word pieces of captions predicted right),
         ``mlm_text_acc`` (of text-corpus samples), ``mvrc_acc`` (chosen RoIs whose most probable
-        detector class is predicted), ``rel_acc``, each only when its inputs were seen, and the
-        numbers of predictions they rest on (``num_mlm_caption``, ``num_mlm_text``, ``num_mvrc``).
+        detector class is predicted), ``mvrc_attr_acc`` (their most probable attribute, with
+        ``MODEL.VLBERT.PRETRAIN.NUM_REGION_ATTRIBUTES``), ``rel_acc``, each only when its inputs
+        were seen, and the numbers of predictions they rest on (``num_mlm_caption``,
+        ``num_mlm_text``, ``num_mvrc``, ``num_mvrc_attr``).
     """
     out = {}
     for name, kind, task in (("mlm_caption", "caption", "mlm"), ("mlm_text", "text", "mlm"),
-                             ("mvrc", "caption", "mvrc")):
+                             ("mvrc", "caption", "mvrc"), ("mvrc_attr", "caption", "mvrc_attr")):
         rows = [c for c in counts if c["kind"] == kind and f"{task}_total" in c]
         n = sum(c[f"{task}_total"] for c in rows)
         if n:

@@ -297,6 +297,18 @@ class RefCOCOHead(nn.Module):
         return {"loss_ref": F.binary_cross_entropy_with_logits(logits[valid], target[valid])}
 
 
+def _soft_ce(logits, targets, where, counts, name, training):
+    """Soft cross-entropy of (M, C) logits against (M, C) distributions, averaged over the M rows;
+    in evaluation each input's ``{name}_correct`` / ``{name}_total`` (argmax against argmax) for
+    the rows ``where`` (B, N) selects."""
+    loss = -(targets * F.log_softmax(logits, -1)).sum(-1).mean()
+    if not training:
+        hits = _hits_per_row(logits.argmax(-1) == targets.argmax(-1), where)
+        for c, h, n in zip(counts, hits, where.sum(1).tolist()):
+            c[f"{name}_correct"], c[f"{name}_total"] = h, n
+    return loss
+
+
 def _pad_labels(rows, value):
     """(1, L_i) label rows -> (S, max L) padded with ``value``."""
     length = max(r.shape[-1] for r in rows)
@@ -328,13 +340,15 @@ class PretrainHead(nn.Module):
     """
 
     @configurable
-    def __init__(self, *, hidden_size, vocab_size, num_region_classes=1601, with_mlm=True,
-                 with_mvrc=True, with_rel=False, bert_name="", layer_norm_eps=1e-12, std=0.02):
+    def __init__(self, *, hidden_size, vocab_size, num_region_classes=1601, num_region_attributes=0,
+                 with_mlm=True, with_mvrc=True, with_rel=False, bert_name="", layer_norm_eps=1e-12, std=0.02):
         """
         Args:
             hidden_size (int): H.
             vocab_size (int): V, rows of the word-embedding matrix the decoder is tied to.
             num_region_classes (int): classes of masked RoI classification (1601 for VG).
+            num_region_attributes (int): > 0: the masked RoIs also predict the detector's
+                attribute distribution of this width (not in the paper); 0: off.
             with_mlm, with_mvrc, with_rel (bool): which tasks.
             bert_name (str): BERT checkpoint whose ``cls.predictions`` starts the MLM head.
             layer_norm_eps (float): of the MLM transform's LayerNorm.
@@ -348,6 +362,8 @@ class PretrainHead(nn.Module):
         if with_mvrc:
             self.mvrc_transform = nn.Sequential(nn.Linear(hidden_size, hidden_size), nn.GELU())
             self.mvrc_classifier = nn.Linear(hidden_size, num_region_classes)
+            if num_region_attributes:
+                self.mvrc_attr_classifier = nn.Linear(hidden_size, num_region_attributes)
         if with_rel:
             self.rel_classifier = nn.Linear(hidden_size, 2)
         for m in self.modules():  # BERT's initialisation (official init_weights)
@@ -361,7 +377,8 @@ class PretrainHead(nn.Module):
     def from_config(cls, cfg, hidden_size):
         p = cfg.MODEL.VLBERT.PRETRAIN
         return {"hidden_size": hidden_size, "vocab_size": len(build_tokenizer(cfg)),
-                "num_region_classes": p.NUM_REGION_CLASSES, "with_mlm": p.WITH_MLM,
+                "num_region_classes": p.NUM_REGION_CLASSES, "num_region_attributes": p.NUM_REGION_ATTRIBUTES,
+                "with_mlm": p.WITH_MLM,
                 "with_mvrc": p.WITH_MVRC, "with_rel": p.WITH_REL,
                 "bert_name": cfg.MODEL.VLBERT.BERT_NAME}
 
@@ -422,17 +439,29 @@ class PretrainHead(nn.Module):
                 targets[i, : len(x["mvrc_targets"])] = x["mvrc_targets"].to(dev)
             chosen = targets.sum(-1) > 0  # (B, N)
             if chosen.any():
-                logits = self.mvrc_classifier(self.mvrc_transform(outputs.objects[chosen]))
-                loss = -(targets[chosen] * F.log_softmax(logits, -1)).sum(-1).mean()
-                if not self.training:
-                    hits = _hits_per_row(logits.argmax(-1) == targets[chosen].argmax(-1), chosen)
-                    for c, h, n in zip(counts, hits, chosen.sum(1).tolist()):
-                        c["mvrc_correct"], c["mvrc_total"] = h, n
+                hidden = self.mvrc_transform(outputs.objects[chosen])
+                loss = _soft_ce(self.mvrc_classifier(hidden), targets[chosen], chosen, counts, "mvrc", self.training)
             else:
-                loss = keep_alive(self.mvrc_classifier(self.mvrc_transform(outputs.objects[:1, 0])))
+                hidden = self.mvrc_transform(outputs.objects[:1, 0])
+                loss = keep_alive(self.mvrc_classifier(hidden))
                 for c in counts:
                     c["mvrc_correct"], c["mvrc_total"] = 0, 0
             losses["loss_mvrc"] = loss
+            if hasattr(self, "mvrc_attr_classifier"):
+                if any("mvrc_attr_targets" not in x for x in batch.inputs):
+                    raise ValueError("MODEL.VLBERT.PRETRAIN.NUM_REGION_ATTRIBUTES needs caption inputs with "
+                                     "'mvrc_attr_targets' (the detection files' attribute distributions)")
+                logits = self.mvrc_attr_classifier(hidden)
+                if chosen.any():
+                    attr = torch.zeros((*chosen.shape, logits.shape[-1]), device=dev)
+                    for i, x in enumerate(batch.inputs):
+                        attr[i, : len(x["mvrc_attr_targets"])] = x["mvrc_attr_targets"].to(dev)
+                    losses["loss_mvrc_attr"] = _soft_ce(logits, attr[chosen], chosen, counts, "mvrc_attr",
+                                                        self.training)
+                else:
+                    losses["loss_mvrc_attr"] = keep_alive(logits)
+                    for c in counts:
+                        c["mvrc_attr_correct"], c["mvrc_attr_total"] = 0, 0
         if not batch.text_only and self.with_rel:
             if any("rel_label" not in x for x in batch.inputs):
                 raise ValueError("MODEL.VLBERT.PRETRAIN.WITH_REL needs inputs with 'rel_label'")

@@ -276,10 +276,17 @@ def detection_record(image_id, image_w, image_h, regions, with_features=False):
         with_features (bool): also store the (N, C) pooled features.
 
     Returns:
-        dict: boxes (N, 4), classes (N, K + 1) background first, optionally features (N, C).
+        dict: boxes (N, 4), classes (N, K + 1) background first, optionally features (N, C),
+        and, from a detector with an attribute head, attributes (N, A + 1): the softmax of its
+        attribute logits, "no attribute" last (the targets of
+        ``MODEL.VLBERT.PRETRAIN.NUM_REGION_ATTRIBUTES``).
     """
+    attributes = None
+    if regions.has("attr_logits"):
+        attributes = torch.softmax(regions.attr_logits.float(), dim=1).numpy()
     return encode_detection(
         image_id, image_w, image_h,
         boxes=regions.pred_boxes.tensor.numpy(),
         classes=to_background_first(regions.class_probs).numpy(),
-        features=regions.features.numpy() if with_features else None)
+        features=regions.features.numpy() if with_features else None,
+        attributes=attributes)
