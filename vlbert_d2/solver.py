@@ -51,7 +51,7 @@ def _scale_trunk_lr(groups, model, factor):
     if factor == 1.0:
         return groups
     trunk = {id(p) for n, p in model.named_parameters()
-             if (n[len("module."):] if n.startswith("module.") else n).startswith(TRUNK)}
+             if n.removeprefix("module.").startswith(TRUNK)}
     out, scaled = [], 0
     for group in groups:
         inside = [p for p in group["params"] if id(p) in trunk]

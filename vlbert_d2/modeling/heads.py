@@ -297,6 +297,14 @@ class RefCOCOHead(nn.Module):
         return {"loss_ref": F.binary_cross_entropy_with_logits(logits[valid], target[valid])}
 
 
+def _padded_rows(batch, key, width, device):
+    """(B, N, width): each input's (N_i, width) ``key`` rows, zero-padded to the batch's N RoIs."""
+    out = torch.zeros((*batch.object_mask.shape, width), device=device)
+    for i, x in enumerate(batch.inputs):
+        out[i, : len(x[key])] = x[key].to(device)
+    return out
+
+
 def _soft_ce(logits, targets, where, counts, name, training):
     """Soft cross-entropy of (M, C) logits against (M, C) distributions, averaged over the M rows;
     in evaluation each input's ``{name}_correct`` / ``{name}_total`` (argmax against argmax) for
@@ -434,9 +442,7 @@ class PretrainHead(nn.Module):
                     c["mlm_correct"], c["mlm_total"] = 0, 0
             losses["loss_mlm_text" if batch.text_only else "loss_mlm"] = loss
         if not batch.text_only and self.with_mvrc:
-            targets = torch.zeros((*batch.object_mask.shape, self.mvrc_classifier.out_features), device=dev)
-            for i, x in enumerate(batch.inputs):
-                targets[i, : len(x["mvrc_targets"])] = x["mvrc_targets"].to(dev)
+            targets = _padded_rows(batch, "mvrc_targets", self.mvrc_classifier.out_features, dev)
             chosen = targets.sum(-1) > 0  # (B, N)
             if chosen.any():
                 hidden = self.mvrc_transform(outputs.objects[chosen])
@@ -453,9 +459,7 @@ class PretrainHead(nn.Module):
                                      "'mvrc_attr_targets' (the detection files' attribute distributions)")
                 logits = self.mvrc_attr_classifier(hidden)
                 if chosen.any():
-                    attr = torch.zeros((*chosen.shape, logits.shape[-1]), device=dev)
-                    for i, x in enumerate(batch.inputs):
-                        attr[i, : len(x["mvrc_attr_targets"])] = x["mvrc_attr_targets"].to(dev)
+                    attr = _padded_rows(batch, "mvrc_attr_targets", logits.shape[-1], dev)
                     losses["loss_mvrc_attr"] = _soft_ce(logits, attr[chosen], chosen, counts, "mvrc_attr",
                                                         self.training)
                 else:
