@@ -25,6 +25,7 @@ from vlbert_d2.checkpoint import VLBertCheckpointer
 from vlbert_d2.config import finalize_vlbert_config
 from vlbert_d2.data import build_vlbert_mapper, check_datasets
 from vlbert_d2.feature_extraction import extract_region_features
+from vlbert_d2.utils.malloc import tune_malloc
 
 
 def main(argv=None):
@@ -41,6 +42,7 @@ def main(argv=None):
     args = parser.parse_args(argv)
     setup_logger(name="vlbert_d2")
     setup_logger(name="detectron2")
+    tune_malloc()  # freed tensors reused, not page-faulted in again (vlbert_d2/utils/malloc.py)
 
     cfg = add_vlbert_config(get_cfg())
     cfg.merge_from_file(args.config_file)

@@ -36,6 +36,7 @@ from detectron2.utils.logger import setup_logger  # noqa: E402
 from bua import RegionDetector, setup_detector_cfg  # noqa: E402
 from bua.extraction import (extract_regions, items_from_dataset_dicts, list_folder_images,  # noqa: E402
                             plan_outputs, write_failure_report)
+from vlbert_d2.utils.malloc import tune_malloc  # noqa: E402
 
 DEFAULT_CONFIG = os.path.join(REPO, "projects", "BottomUpAttention", "configs", "BUA-R101-C4-VG.yaml")
 logger = logging.getLogger("extract_regions")
@@ -124,6 +125,7 @@ def list_items(args):
 
 def worker(args):
     """One process: its share of the images (all of them when alone)."""
+    tune_malloc()  # freed tensors reused, not page-faulted in again (vlbert_d2/utils/malloc.py)
     rank, world = comm.get_rank(), comm.get_world_size()
     setup_logger(name="bua", distributed_rank=rank)
     setup_logger(name="extract_regions", distributed_rank=rank)

@@ -25,6 +25,7 @@ from vlbert_d2.config import finalize_vlbert_config
 from vlbert_d2.data import check_datasets, register_generic_from_cfg
 from vlbert_d2.engine import VLBertTrainer as Trainer
 from vlbert_d2.engine import launch, wants_cpu
+from vlbert_d2.utils.malloc import tune_malloc
 
 
 def setup(args):
@@ -48,6 +49,7 @@ def setup(args):
 
 def main(args):
     cfg = setup(args)
+    tune_malloc()  # freed tensors reused, not page-faulted in again (vlbert_d2/utils/malloc.py)
     if args.eval_only:
         if not cfg.MODEL.WEIGHTS and not args.resume:
             raise SystemExit("--eval-only needs the weights to evaluate: add MODEL.WEIGHTS "

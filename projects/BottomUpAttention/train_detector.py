@@ -25,6 +25,7 @@ from detectron2.utils.logger import setup_logger
 
 from bua import BottomUpCheckpointer
 from bua.training import BottomUpTrainer, setup_training_cfg
+from vlbert_d2.utils.malloc import tune_malloc
 
 
 def setup(args):
@@ -36,6 +37,7 @@ def setup(args):
 
 
 def main(args):
+    tune_malloc()  # freed tensors reused, not page-faulted in again (vlbert_d2/utils/malloc.py)
     cfg = setup(args)
     if args.eval_only:
         if not cfg.MODEL.WEIGHTS and not args.resume:

@@ -31,6 +31,8 @@ def test_train_then_eval_only_gives_the_same_metrics(size_data, tmp_path):
     # The record check reports what it checked, on the console and in the run's log.
     summary = "Record check: dataset 'synthetic_vcr_size_train': 24 records checked"
     assert summary in train.stdout + train.stderr and summary in (out / "log.txt").read_text()
+    # The allocator settings (vlbert_d2/utils/malloc.py; tests/test_malloc.py: what they change).
+    assert "malloc: M_MMAP_THRESHOLD 1024 MB, M_TRIM_THRESHOLD 1024 MB, M_TOP_PAD 64 MB" in train.stdout + train.stderr
     trained = copypaste_metrics(train.stdout)
     assert trained["num_labelled"] == 8.0 and 0.0 <= trained["Q2A"] <= 100.0
     # metrics.json has the training losses and the final evaluation (detectron2's writers).
@@ -104,6 +106,7 @@ def test_precomputed_features_through_the_tools(size_data, tmp_path):
                          cwd=REPO, env=env, capture_output=True, text=True, timeout=300)
     assert ext.returncode == 0, ext.stderr[-3000:]
     assert "'extracted': 32" in ext.stdout  # 24 train + 8 val images
+    assert "malloc: M_MMAP_THRESHOLD 1024 MB" in ext.stdout + ext.stderr
     out = tmp_path / "out"
     common = small + ["MODEL.VLBERT.FEATURE_CACHE", str(cache), "DATALOADER.NUM_WORKERS", "0",
                       "SOLVER.IMS_PER_BATCH", "4"]
