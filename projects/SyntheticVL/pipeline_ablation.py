@@ -55,6 +55,16 @@ def paired(pre, base):
     return mean, se
 
 
+def holds(gain, se):
+    """Whether the gain is at least twice its standard error; None with one seed (no SE)."""
+    return None if math.isnan(se) else bool(gain >= 2 * se)
+
+
+def verdict(gain, se):
+    """The table's last column: yes, no, or n/a with one seed."""
+    return {True: "yes", False: "no", None: "n/a (one seed: no SE)"}[holds(gain, se)]
+
+
 class Ablation:
     def __init__(self, args):
         self.args = args
@@ -145,7 +155,7 @@ class Ablation:
                 gain, se = paired(pre, base)
                 rows[metric] = {"pretrained": pre, "bert_only": base, "pretrained_mean": statistics.mean(pre),
                                 "bert_only_mean": statistics.mean(base), "gain": gain, "se": se,
-                                "holds": bool(gain >= 2 * se) if not math.isnan(se) else False}
+                                "holds": holds(gain, se)}
             summary["tasks"][task] = rows
         json.dump(summary, open(os.path.join(self.out, "results.json"), "w"), indent=1)
         print(f"\n== pre-training ablation ({a.threads} thread(s) per run, seeds {a.seeds}; "
@@ -155,7 +165,7 @@ class Ablation:
         for task, rows in summary["tasks"].items():
             for metric, r in rows.items():
                 print(f"| {task} | {metric} | {r['pretrained_mean']:.2f} | {r['bert_only_mean']:.2f} | "
-                      f"{r['gain']:+.2f} +- {r['se']:.2f} | {'yes' if r['holds'] else 'no'} |")
+                      f"{r['gain']:+.2f} +- {r['se']:.2f} | {verdict(r['gain'], r['se'])} |")
         return summary
 
 

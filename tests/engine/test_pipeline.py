@@ -287,6 +287,11 @@ def test_ablation_paired_gain_hand_computed():
     assert gain == pytest.approx(4.0) and se == pytest.approx(2.0 / 3 ** 0.5)
     gain, se = pipeline_ablation.paired([50.0], [40.0])
     assert gain == 10.0 and se != se  # one seed: no standard error (NaN)
+    # The verdict: 4 >= 2 * 1.1547 holds; 4 < 2 * 2.5 does not; one seed has none, not "no".
+    assert pipeline_ablation.verdict(4.0, 2.0 / 3 ** 0.5) == "yes"
+    assert pipeline_ablation.verdict(4.0, 2.5) == "no"
+    assert pipeline_ablation.verdict(10.0, float("nan")) == "n/a (one seed: no SE)"
+    assert pipeline_ablation.holds(10.0, float("nan")) is None
 
 
 def test_ablation_needs_the_pipelines_output(tmp_path):
