@@ -53,15 +53,16 @@ def test_train_then_eval_only_gives_the_same_metrics(size_data, tmp_path):
 
 
 def test_missing_vcr_data_names_the_files_and_the_readme(tmp_path):
-    res = run(["--config-file", os.path.join(REPO, "configs", "VLBERT-Base-VCR.yaml")], tmp_path)
+    res = run(["--config-file", os.path.join(REPO, "configs", "VLBERT-Base-VCR.yaml"),
+               "OUTPUT_DIR", str(tmp_path / "o")], tmp_path)  # its log there, not in the repository
     assert res.returncode != 0
     assert os.path.join(str(tmp_path), "vcr", "train.jsonl") in res.stderr
     assert os.path.join(str(tmp_path), "vcr", "val.jsonl") in res.stderr
     assert "datasets/README.md" in res.stderr
 
 
-def test_eval_only_needs_weights(size_data):
-    res = run(["--config-file", TINY_YAML, "--eval-only"], size_data)
+def test_eval_only_needs_weights(size_data, tmp_path):
+    res = run(["--config-file", TINY_YAML, "--eval-only", "OUTPUT_DIR", str(tmp_path / "o")], size_data)
     assert res.returncode != 0 and "MODEL.WEIGHTS" in res.stderr
 
 
