@@ -28,8 +28,12 @@ def build_optimizer(cfg, model):
         optimizer = torch.optim.SGD(params, lr=cfg.SOLVER.BASE_LR, momentum=cfg.SOLVER.MOMENTUM,
                                     nesterov=cfg.SOLVER.NESTEROV, weight_decay=cfg.SOLVER.WEIGHT_DECAY)
     elif name == "ADAMW":
+        # foreach: the multi-tensor implementation, PyTorch's default on CUDA, here on CPU too
+        # (there the default is a Python loop over the parameters). The same weights bit for bit
+        # (tests/modeling/test_solver.py); measured 4% off a pipeline pre-training step on one thread.
         optimizer = torch.optim.AdamW(params, lr=cfg.SOLVER.BASE_LR, betas=tuple(cfg.SOLVER.BETAS),
-                                      eps=cfg.SOLVER.ADAM_EPS, weight_decay=cfg.SOLVER.WEIGHT_DECAY)
+                                      eps=cfg.SOLVER.ADAM_EPS, weight_decay=cfg.SOLVER.WEIGHT_DECAY,
+                                      foreach=True)
     else:
         raise ValueError(f"SOLVER.OPTIMIZER must be 'SGD' or 'ADAMW', got {cfg.SOLVER.OPTIMIZER!r}")
     clip = cfg.SOLVER.CLIP_GRADIENTS

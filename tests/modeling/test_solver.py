@@ -28,6 +28,41 @@ def test_no_clipping_and_adamw():
     assert norm.item() > 100.0 and isinstance(opt, torch.optim.AdamW)
 
 
+def test_adamw_is_the_multi_tensor_one_with_the_loop_implementations_weights():
+    """AdamW runs PyTorch's multi-tensor (foreach) implementation on CPU too, and it ends with the
+    weights of PyTorch's per-parameter loop (its CPU default), bit for bit: detectron2's parameter
+    groups (weight decay off for norms), a changing learning rate, gradient clipping."""
+    cfg = make_cfg(SOLVER__OPTIMIZER="ADAMW", SOLVER__BASE_LR=1e-3, SOLVER__WEIGHT_DECAY=1e-2,
+                   SOLVER__CLIP_GRADIENTS__ENABLED=True, SOLVER__CLIP_GRADIENTS__CLIP_TYPE="full_model",
+                   SOLVER__CLIP_GRADIENTS__CLIP_VALUE=1.0)
+
+    def model():
+        torch.manual_seed(0)
+        return torch.nn.Sequential(torch.nn.Embedding(500, 16), torch.nn.Linear(16, 16), torch.nn.LayerNorm(16))
+
+    ours, theirs = model(), model()
+    opt = build_optimizer(cfg, ours)
+    assert opt.defaults["foreach"] is True
+    reference = torch.optim.AdamW(
+        [{**g, "params": [dict(theirs.named_parameters())[n] for n, p in ours.named_parameters()
+                          if any(p is q for q in g["params"])]} for g in opt.param_groups],
+        lr=1e-3, betas=tuple(cfg.SOLVER.BETAS), eps=cfg.SOLVER.ADAM_EPS, weight_decay=1e-2, foreach=False)
+    g = torch.Generator().manual_seed(1)
+    for step in range(6):
+        for a, b in zip(ours.parameters(), theirs.parameters()):
+            a.grad = torch.randn(a.shape, generator=g)
+            b.grad = a.grad.clone()
+        torch.nn.utils.clip_grad_norm_(list(theirs.parameters()), 1.0)
+        for o in (opt, reference):
+            for group in o.param_groups:
+                group["lr"] = 1e-3 * (step + 1) / 6
+        opt.step()
+        reference.step()
+    for (name, a), b in zip(ours.named_parameters(), theirs.parameters()):
+        assert torch.equal(a, b), name
+    assert not torch.equal(ours[0].weight, model()[0].weight)  # it did train
+
+
 def test_vcr_config_clips_like_the_official_training():
     import os
 
