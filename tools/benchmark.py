@@ -31,7 +31,9 @@ Precisions: fp32 and bf16 (torch.autocast) on the CPU; fp32, fp16 (autocast + Gr
 bf16 on CUDA. Times are the mean of --iters steps after one warm-up step; peak memory is the
 process's peak RSS on the CPU (the high-water mark is reset between precisions where Linux
 allows it) and torch.cuda.max_memory_allocated on CUDA. On the CPU set the threads with
-OMP_NUM_THREADS.
+OMP_NUM_THREADS. Each row sets glibc's allocator as the training tools do
+(vlbert_d2/utils/malloc.py; VLBERT_D2_MALLOC=default keeps the C library's own), and the report's
+first line says which it ran with.
 
 Examples:
 
@@ -600,6 +602,9 @@ def run_child(args):
     sys.path.insert(0, REPO)
     import torch
 
+    from vlbert_d2.utils.malloc import tune_malloc
+
+    malloc_tuned = tune_malloc()  # as the tools train (VLBERT_D2_MALLOC=default: glibc's own)
     if args.device.startswith("cuda:"):
         torch.cuda.set_device(torch.device(args.device))
     torch.manual_seed(0)
@@ -607,6 +612,7 @@ def run_child(args):
     memory = PeakMemory(args.device)
     params, results = CHILDREN[args.child](build_cfg(args), args, shapes, memory)
     info = {"part": args.child, "params_M": params, "threads": torch.get_num_threads(), "torch": torch.__version__,
+            "malloc_tuned": malloc_tuned,
             "device_name": (torch.cuda.get_device_name(torch.device(args.device)) if args.device.startswith("cuda")
                             else cpu_name())}
     print("RESULT " + json.dumps(dict(info, results=results)), flush=True)
@@ -648,7 +654,9 @@ def mem_label(kind):
 def print_report(report, args):
     p = print
     dev = report["device"]
-    p(f"\n{report['config']}  [{dev}: {report['device_name']}, {report['threads']} threads, torch {report['torch']}]")
+    malloc = "glibc's allocator tuned" if report["malloc_tuned"] else "the C library's allocator defaults"
+    p(f"\n{report['config']}  [{dev}: {report['device_name']}, {report['threads']} threads, torch {report['torch']}, "
+      f"{malloc}]")
     p(shape_line(report["shapes"], args.batch))
     p(f"random weights; mean of {args.iters} step(s) after 1 warm-up; each row in its own process")
     if report["opts"]:
@@ -797,7 +805,8 @@ def main(argv=None):
 
     config, overrides = QUICK_CONFIG if args.quick else BASE_CONFIG
     shapes = SHAPES["quick" if args.quick else "base"]
-    report = {"device": device_type, "device_name": None, "threads": None, "torch": None, "quick": args.quick,
+    report = {"device": device_type, "device_name": None, "threads": None, "torch": None, "malloc_tuned": None,
+              "quick": args.quick,
               "config": config, "opts": overrides + COMMON_OPTS + args.opts, "shapes": dict(shapes, batch=args.batch),
               "iters": args.iters, "precisions": args.precisions, "parts": {}, "ratios": {}, "eval": {},
               "estimates": {}, "errors": {}}
@@ -814,6 +823,8 @@ def main(argv=None):
         print(f" {result['wall_s']:.0f} s", flush=True)
         for key in ("device_name", "threads", "torch"):
             report[key] = report[key] or result[key]
+        if report["malloc_tuned"] is None:
+            report["malloc_tuned"] = result["malloc_tuned"]
         if job == "eval":
             report["eval"] = result["results"]
         elif job == "scaling":

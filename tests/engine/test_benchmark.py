@@ -57,6 +57,8 @@ def test_quick_run_reports_every_row(tmp_path):
     report = json.loads(out.read_text())
     assert report["errors"] == {}
     assert report["precisions"] == ["fp32", "bf16"]
+    # The rows train with the allocator the tools set (vlbert_d2/utils/malloc.py), and say so.
+    assert report["malloc_tuned"] is True and "glibc's allocator tuned]" in proc.stdout
     for precision in ("fp32", "bf16"):
         rows = {part: report["parts"][part][precision] for part in b.PARTS}
         for part, row in rows.items():
