@@ -101,6 +101,19 @@ PRETRAIN_CONFIG = "configs/quick_schedules/VLBERT-Tiny-PipelinePretrain.yaml"
 CAPTIONS_FOLDER = "synthetic_captions_pixels"
 CAPTION_TYPES = ("objects", "biggest", "where")
 CAPTIONS_VAL = "synthetic_captions_pixels_val"
+# How a VL-BERT run executes, not what it computes: given on its command line, before the task's
+# --<task>-opts (which can override them), and left out of its config stamp, so a run made
+# without them is not refused.
+# - Training does not also evaluate at its end: the evaluation stage (--eval-only) does.
+# - VQA and VCR map their data in the training process, with no loader worker: handing a batch
+#   over from a worker process took 93 and 50 ms, mapping it 16 and 4 ms; in the pipeline a step
+#   took 20% and 4% less, the weights bit-identical (docs/measurements.md, "The loader worker").
+#   RefCOCO+ (its mapper decodes images: 64 ms a batch) ran 11% slower without its worker, and
+#   the pre-training the same: they keep it. The batches do not depend on the number of workers
+#   (vlbert_d2/data/resumable_loader.py; tests/engine/test_exact_resume.py).
+NO_WORKER = ("DATALOADER.NUM_WORKERS", "0")
+RUN_OPTS = {"vqa": NO_WORKER, "vcr": NO_WORKER, "refcoco": (), "pretrain": ()}
+TRAIN_RUN_OPTS = ("TEST.EVAL_PERIOD", "0")
 _STAMP = "DETECTOR_SHA256"
 _CONFIG_STAMP = "CONFIG_SHA256"
 # The pipeline's own sizes where they differ from the generator's (the whole pipeline in 20 minutes).
@@ -166,6 +179,17 @@ def feature_digest(config, opts):
             node = node[part]
         picked[key] = node
     return hashlib.sha256(json.dumps(picked, sort_keys=True).encode()).hexdigest()
+
+
+def native_bf16(cpuinfo="/proc/cpuinfo"):
+    """True when the CPU computes bf16 natively (Linux's avx512_bf16 or amx_bf16 flag), False
+    when it does not, None when unknown (no such file): the VCR config trains under bf16
+    autocast, which a CPU without it emulates."""
+    try:
+        flags = set(open(cpuinfo).read().split())
+    except OSError:
+        return None
+    return bool(flags & {"avx512_bf16", "amx_bf16"})
 
 
 def vcr_accuracy_per_type(predictions_file, records_file):
@@ -312,7 +336,8 @@ class Pipeline:
         if os.path.isfile(os.path.join(run_dir, "model_final.pth")):
             return "done before: skipped"
         self.run(f"{name}_train", ["tools/train_net.py", "--config-file", config, *self.resume(run_dir),
-                                   "OUTPUT_DIR", run_dir, "SEED", str(self.args.seed), *self.trunk_opts(trunk), *opts])
+                                   "OUTPUT_DIR", run_dir, "SEED", str(self.args.seed), *self.trunk_opts(trunk),
+                                   *TRAIN_RUN_OPTS, *RUN_OPTS[name], *opts])
         return None
 
     def evaluate(self, name, config, opts, trunk=False):
@@ -320,7 +345,7 @@ class Pipeline:
         run_dir = os.path.join(self.out, f"{name}_eval")
         text = self.run(f"{name}_eval", ["tools/train_net.py", "--config-file", config, "--eval-only",
                                          "MODEL.WEIGHTS", os.path.join(self.out, name, "model_final.pth"),
-                                         "OUTPUT_DIR", run_dir, *self.trunk_opts(trunk), *opts])
+                                         "OUTPUT_DIR", run_dir, *self.trunk_opts(trunk), *RUN_OPTS[name], *opts])
         return run_dir, text
 
     def trunk_opts(self, trunk):
@@ -546,6 +571,10 @@ class Pipeline:
     def main(self):
         start = time.time()
         tasks = self.args.tasks
+        if "vcr" in tasks and native_bf16() is False:
+            print(f"note: VCR trains under bf16 autocast ({VCR_CONFIG}), which this CPU emulates (no avx512_bf16 "
+                  "or amx_bf16 flag): it may run slower than fp32; --vcr-opts SOLVER.AMP.ENABLED False trains "
+                  "in fp32", flush=True)
         self.import_libraries()
         self.stage("detection data", self.detection_data)
         self.stage("detector", self.detector)

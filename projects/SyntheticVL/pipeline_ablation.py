@@ -106,7 +106,8 @@ class Ablation:
         iters = getattr(a, f"{task}_iters")
         opts = ["SEED", str(seed), "MODEL.WEIGHTS", self.pretrained if init == "pretrained" else "",
                 "DATALOADER.TRAIN_FRACTION", str(getattr(a, f"{task}_fraction")), "SOLVER.MAX_ITER", str(iters),
-                "SOLVER.CHECKPOINT_PERIOD", str(iters), "TEST.EVAL_PERIOD", str(iters), "OUTPUT_DIR", run_dir]
+                "SOLVER.CHECKPOINT_PERIOD", str(iters), "TEST.EVAL_PERIOD", str(iters), "OUTPUT_DIR", run_dir,
+                *pipeline.RUN_OPTS[task]]  # the pipeline's loader setting (the same batches)
         if task == "refcoco":  # the detector's trunk (the pre-trained model carries it too), 16 a batch
             opts += ["MODEL.VLBERT.DETECTOR_WEIGHTS", self.detector, "SOLVER.IMS_PER_BATCH", "16",
                      "SOLVER.WARMUP_ITERS", str(min(30, iters // 5))]

@@ -367,6 +367,31 @@ def test_config_digest_follows_the_base_chain_and_the_options(tmp_path):
     assert pipeline.config_digest(str(cfg), ["SOLVER.MAX_ITER", "10"]) != first
 
 
+def _command_opts(log):
+    """The options of the tools/train_net.py command a log records."""
+    import ast
+
+    line = next(x for x in open(log) if x.startswith("Command Line Args: "))
+    return ast.literal_eval(line.split("opts=")[1].rsplit(")", 1)[0])
+
+
+def test_run_options_come_before_the_tasks_own_and_stay_out_of_the_stamp(run):
+    """The VL-BERT runs get the pipeline's run options (the training does not evaluate, the
+    evaluation stage does; VQA and VCR have no loader worker) before the task's own options,
+    which can override them, and their config stamp leaves them out: a run made without them is
+    not refused."""
+    _, out, _ = run
+    assert pipeline.RUN_OPTS["vqa"] == ("DATALOADER.NUM_WORKERS", "0") and pipeline.RUN_OPTS["pretrain"] == ()
+    for task, config in (("vqa", pipeline.VQA_CONFIG), ("pretrain", pipeline.PRETRAIN_CONFIG)):
+        ours = list(pipeline.RUN_OPTS[task])
+        train, evaluate = _command_opts(out / "logs" / f"{task}_train.log"), _command_opts(out / "logs" / f"{task}_eval.log")
+        assert train[-len(VQA_OPTS) - len(ours) - 2:] == ["TEST.EVAL_PERIOD", "0", *ours, *VQA_OPTS]
+        assert evaluate[-len(VQA_OPTS) - len(ours):] == [*ours, *VQA_OPTS]
+        assert evaluate[-len(VQA_OPTS) - len(ours) - 2:-len(VQA_OPTS) - len(ours)] != ["TEST.EVAL_PERIOD", "0"]
+        stamp = (out / task / pipeline._CONFIG_STAMP).read_text().strip()
+        assert stamp == pipeline.config_digest(config, ["SEED", "0", *VQA_OPTS])
+
+
 def test_rerun_with_another_config_is_refused(run):
     """A run folder trained with other options (or config files) is refused, naming it, rather
     than skipped as done (its model would not be this config's)."""
@@ -411,3 +436,16 @@ def test_rerun_skips_what_is_done_and_a_failing_task_fails_the_pipeline(run):
         assert f"   {stage}: " in done.stdout and "done before: skipped" in done.stdout.split(f"   {stage}: ")[1].split("\n")[0]
     assert "   VQA evaluation: " in done.stdout  # the other task ran to its end
     assert {t: os.path.getmtime(out / t / "model_final.pth") for t in trained} == trained
+
+
+def test_native_bf16_reads_the_cpu_flags(tmp_path):
+    """The VCR config trains under bf16 autocast; the pipeline tells a CPU that computes bf16
+    natively (Linux's avx512_bf16 or amx_bf16 flag) from one that emulates it."""
+    info = tmp_path / "cpuinfo"
+    info.write_text("processor\t: 0\nflags\t\t: fpu sse2 avx512f avx512_bf16 avx512_fp16\n")
+    assert pipeline.native_bf16(str(info)) is True
+    info.write_text("processor\t: 0\nflags\t\t: fpu sse2 avx2 amx_tile amx_bf16\n")
+    assert pipeline.native_bf16(str(info)) is True
+    info.write_text("processor\t: 0\nflags\t\t: fpu sse2 avx2 avx512f avx512_vnni\n")
+    assert pipeline.native_bf16(str(info)) is False
+    assert pipeline.native_bf16(str(tmp_path / "missing")) is None
