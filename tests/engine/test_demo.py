@@ -91,7 +91,7 @@ def test_demo_reports_bad_boxes(scene, tmp_path):
     bad.write_text("[[1, 2, 3]]")
     res = subprocess.run([sys.executable, os.path.join(REPO, "tools", "demo.py"), "--config-file", CONFIGS["vqa"],
                           "--weights", str(_checkpoint("vqa", scene)), "--input", str(scene / "scene.jpg"),
-                          "--boxes", str(bad), "--question", "q?"],
+                          "--boxes", str(bad), "--question", "q?", "--output", str(tmp_path / "out")],
                          cwd=REPO, capture_output=True, text=True, timeout=300)
     assert res.returncode != 0
     assert f"--boxes: {bad}: expected a non-empty list of [x1, y1, x2, y2]" in res.stderr
