@@ -107,7 +107,7 @@ CAPTIONS_VAL = "synthetic_captions_pixels_val"
 # - Training does not also evaluate at its end: the evaluation stage (--eval-only) does.
 # - VQA and VCR map their data in the training process, with no loader worker: handing a batch
 #   over from a worker process took 93 and 50 ms, mapping it 16 and 4 ms; in the pipeline a step
-#   took 20% and 4% less, the weights bit-identical (docs/measurements.md, "The loader worker").
+#   took 20% and 5% less, the weights bit-identical (docs/measurements.md, "The loader worker").
 #   RefCOCO+ (its mapper decodes images: 64 ms a batch) ran 11% slower without its worker, and
 #   the pre-training the same: they keep it. The batches do not depend on the number of workers
 #   (vlbert_d2/data/resumable_loader.py; tests/engine/test_exact_resume.py).
