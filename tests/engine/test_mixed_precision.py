@@ -97,6 +97,38 @@ def test_autocast_inference_gives_fp32_outputs():
     assert out[0]["scores"].dtype == torch.float32 and out[0]["index"].dtype == torch.int64
 
 
+def test_soft_target_loss_is_computed_in_fp32_under_cpu_autocast():
+    """The masked-RoI soft cross-entropy (pre-training's class and attribute targets) on bf16
+    logits under CPU autocast, against its value and gradient written by hand in float64:
+    loss = -sum(t * log softmax(z)) / M, d loss / d z = (softmax(z) - t) / M. The targets are a
+    distribution close to the prediction, as late in training, so the gradient is a small
+    difference of probabilities: a bf16 log-softmax (CPU autocast leaves it in bf16, CUDA's runs
+    it in fp32) gets its value wrong in the third digit and the difference wrong by more than
+    itself; computed in fp32 it is only rounded to bf16 once at the end (relative 2**-8)."""
+    from vlbert_d2.modeling.heads import _soft_ce
+
+    rows = [[2.0, 1.5, 1.0, 0.5, 0.0, -0.5, -1.0], [0.25, -0.75, 3.0, 1.25, -2.0, 0.5, 0.125]]  # exact in bf16
+    shifts = [[0.01, -0.02, 0.015, 0.0, -0.01, 0.02, 0.005], [-0.01, 0.01, -0.005, 0.02, 0.0, -0.015, 0.01]]
+
+    def softmax(z):
+        e = [math.exp(v) for v in z]
+        return [v / sum(e) for v in e]
+
+    probs = [softmax(z) for z in rows]
+    targets = [softmax([v + d for v, d in zip(z, s)]) for z, s in zip(rows, shifts)]
+    loss_by_hand = -sum(t * math.log(p) for tr, pr in zip(targets, probs) for t, p in zip(tr, pr)) / len(rows)
+    grad_by_hand = torch.tensor([[(p - t) / len(rows) for p, t in zip(pr, tr)] for pr, tr in zip(probs, targets)],
+                                dtype=torch.float64)
+
+    logits = torch.tensor(rows, dtype=torch.bfloat16, requires_grad=True)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        loss = _soft_ce(logits, torch.tensor(targets), None, None, "mvrc", training=True)
+    assert loss.dtype == torch.float32
+    assert loss.item() == pytest.approx(loss_by_hand, rel=1e-6)
+    loss.backward()
+    torch.testing.assert_close(logits.grad.double(), grad_by_hand, rtol=2.0**-7, atol=0.0)
+
+
 @pytest.fixture(scope="module")
 def size_root(tmp_path_factory):
     from synthetic_vl import generate_vcr

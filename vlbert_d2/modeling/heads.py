@@ -308,8 +308,12 @@ def _padded_rows(batch, key, width, device):
 def _soft_ce(logits, targets, where, counts, name, training):
     """Soft cross-entropy of (M, C) logits against (M, C) distributions, averaged over the M rows;
     in evaluation each input's ``{name}_correct`` / ``{name}_total`` (argmax against argmax) for
-    the rows ``where`` (B, N) selects."""
-    loss = -(targets * F.log_softmax(logits, -1)).sum(-1).mean()
+    the rows ``where`` (B, N) selects.
+
+    The log-softmax runs in fp32 whatever the logits' dtype: CPU autocast (bf16) leaves
+    ``log_softmax`` in the input's precision, unlike CUDA's, which runs it in fp32 as it does
+    ``cross_entropy`` (both autocasts do that one)."""
+    loss = -(targets * F.log_softmax(logits.float(), -1)).sum(-1).mean()
     if not training:
         hits = _hits_per_row(logits.argmax(-1) == targets.argmax(-1), where)
         for c, h, n in zip(counts, hits, where.sum(1).tolist()):
