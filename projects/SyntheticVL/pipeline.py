@@ -71,8 +71,9 @@ REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)
 DETECTOR_CONFIG = "projects/BottomUpAttention/configs/BUA-Tiny-Synthetic.yaml"
 TASKS = ("vqa", "refcoco", "vcr", "pretrain")
 # With --jobs > 1 the tasks start in this order: pre-training, the longest, first, and VQA, the
-# shortest, last (measured on one thread, 2026-12-02: pre-training 646 s, VCR 533 s, RefCOCO+
-# 349 s, VQA 212 s; with two jobs RefCOCO+ and VCR follow each other beside pre-training either way).
+# shortest, last (measured on one thread, data to evaluation, 2026-12-03, pre-training and VCR in
+# bf16: pre-training 372 s, RefCOCO+ 352 s, VCR 233 s, VQA 180 s; so with two jobs pre-training
+# then VQA run beside RefCOCO+ then VCR, 553 s against 585 s).
 LONGEST_FIRST = ("pretrain", "refcoco", "vcr", "vqa")
 
 VQA_CONFIG = "configs/quick_schedules/VLBERT-Tiny-PipelineVQA.yaml"
