@@ -184,13 +184,26 @@ def feature_digest(config, opts):
 
 def native_bf16(cpuinfo="/proc/cpuinfo"):
     """True when the CPU computes bf16 natively (Linux's avx512_bf16 or amx_bf16 flag), False
-    when it does not, None when unknown (no such file): the VCR config trains under bf16
-    autocast, which a CPU without it emulates."""
+    when it does not, None when unknown (no such file): the VCR and pre-training configs train
+    under bf16 autocast, which a CPU without it emulates."""
     try:
         flags = set(open(cpuinfo).read().split())
     except OSError:
         return None
     return bool(flags & {"avx512_bf16", "amx_bf16"})
+
+
+def bf16_note(tasks, native):
+    """The note for the tasks among ``tasks`` whose configs train under bf16 autocast (VCR and
+    the pre-training) when ``native`` (:func:`native_bf16`) is False, naming how to train them in
+    fp32; None when there is nothing to say."""
+    configs = {"vcr": VCR_CONFIG, "pretrain": PRETRAIN_CONFIG}
+    names = [t for t in configs if t in tasks]
+    if native is not False or not names:
+        return None
+    return (f"note: {' and '.join(configs[t] for t in names)} train under bf16 autocast, which this CPU emulates "
+            "(no avx512_bf16 or amx_bf16 flag): it may run slower than fp32; to train in fp32: "
+            + ", ".join(f"--{t}-opts SOLVER.AMP.ENABLED False" for t in names))
 
 
 def vcr_accuracy_per_type(predictions_file, records_file):
@@ -572,10 +585,9 @@ class Pipeline:
     def main(self):
         start = time.time()
         tasks = self.args.tasks
-        if "vcr" in tasks and native_bf16() is False:
-            print(f"note: VCR trains under bf16 autocast ({VCR_CONFIG}), which this CPU emulates (no avx512_bf16 "
-                  "or amx_bf16 flag): it may run slower than fp32; --vcr-opts SOLVER.AMP.ENABLED False trains "
-                  "in fp32", flush=True)
+        note = bf16_note(tasks, native_bf16())
+        if note:
+            print(note, flush=True)
         self.import_libraries()
         self.stage("detection data", self.detection_data)
         self.stage("detector", self.detector)

@@ -449,3 +449,15 @@ def test_native_bf16_reads_the_cpu_flags(tmp_path):
     info.write_text("processor\t: 0\nflags\t\t: fpu sse2 avx2 avx512f avx512_vnni\n")
     assert pipeline.native_bf16(str(info)) is False
     assert pipeline.native_bf16(str(tmp_path / "missing")) is None
+
+
+def test_bf16_note_names_the_bf16_tasks_and_their_fp32_option():
+    assert pipeline.bf16_note(["vqa", "refcoco"], False) is None  # no bf16 task
+    assert pipeline.bf16_note(["vcr", "pretrain"], True) is None  # native bf16
+    assert pipeline.bf16_note(["vcr", "pretrain"], None) is None  # unknown: nothing said
+    note = pipeline.bf16_note(["pretrain", "vqa"], False)
+    assert pipeline.PRETRAIN_CONFIG in note and "--pretrain-opts SOLVER.AMP.ENABLED False" in note
+    assert pipeline.VCR_CONFIG not in note and "--vcr-opts" not in note
+    note = pipeline.bf16_note(list(pipeline.TASKS), False)
+    assert all(s in note for s in (pipeline.VCR_CONFIG, pipeline.PRETRAIN_CONFIG, "--vcr-opts SOLVER.AMP.ENABLED False",
+                                   "--pretrain-opts SOLVER.AMP.ENABLED False"))
